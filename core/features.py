@@ -1,0 +1,120 @@
+"""Feature hashing, sample construction from behaviour events, and the user feature of Algorithm 1."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from core.sample import Sample
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpace:
+    """Sizes of the hashed feature spaces; the models and the user vectors share them."""
+
+    item_buckets: int = 4096
+    tag_buckets: int = 64
+    profile_buckets: int = 256
+    seq_len: int = 20
+
+
+def bucket(value: object, buckets: int, salt: str = "") -> int:
+    """Stable hash of `value` into [0, buckets); never Python's randomized `hash`."""
+    digest = hashlib.blake2b(f"{salt}\x1f{value}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % buckets
+
+
+def item_bucket(item_id: object, space: FeatureSpace) -> int:
+    return bucket(item_id, space.item_buckets, "item")
+
+
+def tag_buckets(tags: Iterable[object], space: FeatureSpace) -> tuple[int, ...]:
+    return tuple(sorted({bucket(t, space.tag_buckets, "tag") for t in tags}))
+
+
+def profile_buckets(profile: Mapping[str, object] | None, space: FeatureSpace) -> tuple[int, ...]:
+    """Hash `field=value` pairs: the raw personal values never leave this function."""
+    if not profile:
+        return ()
+    return tuple(sorted({bucket(f"{k}={v}", space.profile_buckets, "profile") for k, v in profile.items()}))
+
+
+def sample_id(user: str, ts: int, item_id: object, action: str) -> str:
+    """Deterministic id, so a redelivered event yields the same sample (idempotence)."""
+    raw = f"{user}\x1f{ts}\x1f{item_id}\x1f{action}".encode()
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The user's recent behaviour: item buckets and their tag buckets, oldest first."""
+
+    items: tuple[int, ...] = ()
+    tags: tuple[tuple[int, ...], ...] = ()
+
+    def push(self, item: int, tags: tuple[int, ...], seq_len: int) -> History:
+        return History((self.items + (item,))[-seq_len:], (self.tags + (tags,))[-seq_len:])
+
+
+def event_to_sample(
+    user: str,
+    event: Mapping[str, object],
+    history: History,
+    space: FeatureSpace,
+) -> tuple[Sample, History]:
+    """Turn one behaviour event into a sample whose sequence is the behaviour *before* it.
+
+    `event` needs `ts`, `item_id`, `item_tags`, `action`, optional `profile` and `label`
+    (label defaults to 1 for a click action, else 0). Returns the sample and the history
+    extended by this event.
+    """
+    ts = int(event["ts"])  # type: ignore[call-overload]
+    action = str(event["action"])
+    item = item_bucket(event["item_id"], space)
+    tags = tag_buckets(event.get("item_tags") or (), space)  # type: ignore[arg-type]
+    label = event.get("label")
+    label_value = int(label) if label is not None else int(action == "click")  # type: ignore[call-overload]
+    sample = Sample(
+        sample_id=sample_id(user, ts, event["item_id"], action),
+        user=user,
+        ts=ts,
+        item=item,
+        tags=tags,
+        seq=history.items,
+        seq_tags=history.tags,
+        profile=profile_buckets(event.get("profile"), space),  # type: ignore[arg-type]
+        label=label_value,
+    )
+    return sample, history.push(item, tags, space.seq_len)
+
+
+def sequence_tag_histogram(seq_tags: Sequence[Sequence[int]], space: FeatureSpace) -> list[float]:
+    """User-side feature of one sample: normalized tag histogram of its behaviour sequence.
+
+    An empty sequence gives the zero vector (it contributes nothing to a direction).
+    """
+    hist = [0.0] * space.tag_buckets
+    for tags in seq_tags:
+        if not tags:
+            continue
+        share = 1.0 / len(tags)
+        for t in tags:
+            hist[t] += share
+    total = sum(hist)
+    return [h / total for h in hist] if total > 0 else hist
+
+
+def user_feature(sample: Sample, space: FeatureSpace) -> list[float]:
+    """The feature that enters the user's mean vector (Algorithm 1).
+
+    The behaviour-sequence tag histogram plus the target item's own tags, so a user's very
+    first sample (empty sequence) still says something about taste.
+    """
+    seq_tags = list(sample.seq_tags) + [sample.tags]
+    return sequence_tag_histogram(seq_tags, space)
+
+
+def is_finite_vector(vector: Sequence[float]) -> bool:
+    return all(math.isfinite(v) for v in vector)

@@ -1,0 +1,35 @@
+"""`coda stack up | status | down`."""
+
+from __future__ import annotations
+
+import argparse
+
+from ops import stack
+from streams.settings import Settings
+from streams.topics import load_topics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["up", "status", "down"])
+    parser.add_argument("--port", type=int, help="broker port for `up` (env CODA_BROKER_PORT; default free)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.port:
+        settings = settings.replace(broker_port=args.port)
+    topics = load_topics(settings.topics_file, settings.topic_prefix)
+    if args.action == "up":
+        state, created = stack.up(settings, topics)
+        where = state.bootstrap if state else settings.bootstrap
+        origin = f"embedded tansu pid {state.pids}" if state else "external cluster (nothing started)"
+        print(f"broker {where} ({origin}); created {len(created)} topic(s), {len(list(topics))} declared")
+        return 0
+    if args.action == "status":
+        print("\n".join(stack.status_lines(settings, topics)))
+        return 0
+    if not settings.embedded:
+        print("external bootstrap configured: nothing was started, nothing to stop")
+        return 0
+    stopped = stack.down(settings)
+    print(f"stopped {len(stopped)} process(es): {stopped}" if stopped else "nothing running")
+    return 0

