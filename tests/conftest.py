@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny tensors: threads only add contention
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,12 @@ from ops import stack
 from streams.settings import Settings
 
 _namespaces = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,253 @@
+"""Training loops: the cloud's plain BCE, Algorithm 2's sample filter, Algorithm 3's gated fine-tuning."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.features import FeatureSpace
+from core.metrics import auc_or_fallback
+from core.models import DIN, SampleClassifier, state_from_bytes
+from core.sample import Sample
+from core.tensors import Batch, classifier_features, collate, index_batch
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """Optimiser settings for the CTR model and the sample classifier (Adam for both).
+
+    `classifier_batch_size` 0 means full batch: the classifier sees a few hundred dense rows,
+    so one step per epoch is the cheap, deterministic choice on a phone.
+    """
+
+    lr: float = 0.01
+    batch_size: int = 32
+    epochs: int = 1
+    classifier_epochs: int = 20
+    classifier_lr: float = 0.05
+    classifier_batch_size: int = 0
+    seed: int = 0
+
+
+def model_for_space(space: FeatureSpace, seed: int = 0) -> DIN:
+    """The CTR model every party agrees on (paper's sizes), freshly initialised from `seed`."""
+    return DIN(space, seed=seed)
+
+
+def global_model_from_bytes(data: bytes, space: FeatureSpace) -> DIN:
+    """Rebuild the cloud's global model from `core.models.state_to_bytes` output."""
+    return state_from_bytes(model_for_space(space), data)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor] | list[slice]:
+    """One epoch's shuffled row indices in mini-batches; batch_size 0 or ≥ n: all rows, as a view.
+
+    A full batch needs no shuffle, and slicing avoids copying every row each epoch.
+    """
+    if not 0 < batch_size < n:
+        return [slice(None)]
+    return list(torch.randperm(n, generator=gen).split(batch_size))
+
+
+def _bce_step(model: nn.Module, opt: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor]) -> None:
+    opt.zero_grad(set_to_none=True)
+    F.binary_cross_entropy_with_logits(model(batch), batch["label"]).backward()
+    opt.step()
+
+
+def _probabilities(model: nn.Module, batch: Batch) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return torch.sigmoid(model(batch)).numpy()
+
+
+def predict(model: nn.Module, samples: Sequence[Sample], space: FeatureSpace) -> np.ndarray:
+    """Click probabilities for `samples`, in eval mode without gradients."""
+    if not samples:
+        return np.zeros(0, dtype=np.float32)
+    return _probabilities(model, collate(samples, space))
+
+
+def train_epochs(
+    model: nn.Module, samples: Sequence[Sample], space: FeatureSpace, cfg: TrainConfig
+) -> nn.Module:
+    """Plain mini-batch BCE training (the cloud's global model); trains `model` in place."""
+    if not samples:
+        return model
+    data = collate(samples, space)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
+    gen = _generator(cfg.seed)
+    model.train()
+    for _ in range(cfg.epochs):
+        for idx in _batches(len(samples), cfg.batch_size, gen):
+            _bce_step(model, opt, index_batch(data, idx))
+    return model
+
+
+# --- Algorithm 2: fine filtering of matched samples on the device ---
+
+
+@dataclass(frozen=True, slots=True)
+class FilterResult:
+    """What the filter kept, and how it got there (ids in the order they were used)."""
+
+    kept: list[Sample]
+    scores: dict[str, float]  # classifier score of every scored (held-out) matched sample
+    classifier_train_ids: list[str]  # matched samples used as the classifier's negatives
+    scored_ids: list[str]
+
+
+def split_matched(
+    matched: Sequence[Sample], train_share: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Shuffle with `seed`, then first ⌈share·n⌉ → classifier negatives, the rest → to be scored."""
+    if not 0.0 < train_share < 1.0:
+        raise ValueError(f"train_share must lie strictly between 0 and 1, got {train_share}")
+    order = np.random.default_rng(seed).permutation(len(matched))
+    n_train = math.ceil(round(len(matched) * train_share, 9))  # round: 300·(1/3) must give 100
+    shuffled = [matched[i] for i in order]
+    return shuffled[:n_train], shuffled[n_train:]
+
+
+def _train_classifier(
+    clf: SampleClassifier, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, cfg: TrainConfig, seed: int
+) -> None:
+    opt = torch.optim.Adam(clf.parameters(), lr=cfg.classifier_lr, fused=True)
+    gen = _generator(seed)
+    clf.train()
+    for _ in range(cfg.classifier_epochs):
+        for idx in _batches(len(y), cfg.classifier_batch_size, gen):
+            opt.zero_grad(set_to_none=True)
+            loss = F.binary_cross_entropy_with_logits(clf(x[idx]), y[idx], weight=w[idx], reduction="sum")
+            (loss / w[idx].sum()).backward()
+            opt.step()
+
+
+def filter_matched(
+    local: Sequence[Sample],
+    matched: Sequence[Sample],
+    space: FeatureSpace,
+    sigma: float = 0.2,
+    train_share: float = 1 / 3,
+    seed: int = 0,
+    cfg: TrainConfig | None = None,
+    hidden: int = 16,
+) -> FilterResult:
+    """Algorithm 2: keep the matched samples a personalised classifier finds local-like.
+
+    Matched samples are split (see `split_matched`); a `SampleClassifier` learns local (1)
+    against the first share (0) with class-balanced weights (each class carries half the
+    loss, so 200 local vs 100 outside does not tilt it), then scores the rest; scores ≥ sigma
+    are kept, in scored order. The classifier's own negatives are never kept, as in the paper.
+    `seed` fixes split, initialisation and shuffling; `cfg` gives only the classifier's
+    optimiser settings. With no local samples there is nothing to learn "local" from, and with
+    no matched samples nothing to keep: both give an empty result.
+    """
+    cfg = cfg or TrainConfig()
+    if not local or not matched:
+        return FilterResult([], {}, [], [])
+    negatives, to_score = split_matched(matched, train_share, seed)
+    train_ids = [s.sample_id for s in negatives]
+    if not to_score:
+        return FilterResult([], {}, train_ids, [])
+    n_pos, n_neg = len(local), len(negatives)
+    x = classifier_features([*local, *negatives, *to_score], space)
+    y = torch.cat([torch.ones(n_pos), torch.zeros(n_neg)])
+    w = torch.cat([torch.full((n_pos,), 0.5 / n_pos), torch.full((n_neg,), 0.5 / n_neg)])
+    clf = SampleClassifier(space, hidden=hidden, seed=seed)
+    _train_classifier(clf, x[: n_pos + n_neg], y, w, cfg, seed)
+    clf.eval()
+    with torch.no_grad():
+        probs = torch.sigmoid(clf(x[n_pos + n_neg :])).tolist()
+    scores = {s.sample_id: p for s, p in zip(to_score, probs, strict=True)}
+    kept = [s for s, p in zip(to_score, probs, strict=True) if p >= sigma]
+    return FilterResult(kept, scores, train_ids, [s.sample_id for s in to_score])
+
+
+# --- Algorithm 3: training gated by local validation ---
+
+
+@dataclass(frozen=True, slots=True)
+class GatedResult:
+    """Outcome of `train_gated`; the validation metric is `auc_or_fallback` on the local split."""
+
+    model: nn.Module
+    accepted_steps: int
+    total_steps: int
+    valid_auc_before: float | None  # None: no validation samples, so no step could be judged
+    valid_auc_after: float | None
+    valid_history: list[float] = field(default_factory=list)  # metric after each accepted step
+
+
+Snapshot = tuple[list[torch.Tensor], list[dict[str, object]]]
+
+
+def _clone_state(state: Mapping[str, object]) -> dict[str, object]:
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def _snapshot(params: list[nn.Parameter], opt: torch.optim.Optimizer) -> Snapshot:
+    return [p.detach().clone() for p in params], [_clone_state(opt.state[p]) for p in params]
+
+
+def _restore(params: list[nn.Parameter], opt: torch.optim.Optimizer, snap: Snapshot) -> None:
+    """Undo a rejected step: weights *and* Adam moments, so it leaves no trace at all."""
+    weights, states = snap
+    with torch.no_grad():
+        for p, w in zip(params, weights, strict=True):
+            p.copy_(w)
+    for p, s in zip(params, states, strict=True):
+        opt.state[p] = _clone_state(s)  # clone: the snapshot may be restored again later
+
+
+def train_gated(
+    model: nn.Module,
+    train: Sequence[Sample],
+    valid: Sequence[Sample],
+    space: FeatureSpace,
+    cfg: TrainConfig,
+) -> GatedResult:
+    """Algorithm 3: mini-batch Adam over `train`; a step stays only if the local metric rises.
+
+    After every mini-batch the model is scored on `valid` (local samples only); unless the
+    metric is strictly greater than the best so far, weights and optimiser state are restored.
+    So the returned model's metric is never below the starting one, and `valid_history` is
+    strictly increasing. Without validation samples no step can be judged, so none is taken
+    and the model is returned untouched. Trains `model` in place.
+    """
+    if not valid:
+        return GatedResult(model, 0, 0, None, None)
+    vdata = collate(valid, space)
+    vlabels = vdata["label"].numpy()
+    best = auc_or_fallback(vlabels, _probabilities(model, vdata))
+    start, total = best, 0
+    history: list[float] = []
+    if train:
+        data = collate(train, space)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=cfg.lr, fused=True)
+        gen = _generator(cfg.seed)
+        snap = _snapshot(params, opt)
+        for _ in range(cfg.epochs):
+            for idx in _batches(len(train), cfg.batch_size, gen):
+                model.train()
+                _bce_step(model, opt, index_batch(data, idx))
+                total += 1
+                metric = auc_or_fallback(vlabels, _probabilities(model, vdata))
+                if metric > best:
+                    best = metric
+                    history.append(metric)
+                    snap = _snapshot(params, opt)
+                else:
+                    _restore(params, opt, snap)
+    return GatedResult(model, len(history), total, start, best, history)
