@@ -15,7 +15,7 @@ class FeatureSpace:
     """Sizes of the hashed feature spaces; the models and the user vectors share them."""
 
     item_buckets: int = 4096
-    tag_buckets: int = 64
+    tag_buckets: int = 256  # few collisions for tag vocabularies of ~20-50 (MovieLens: 19 genres)
     profile_buckets: int = 256
     seq_len: int = 20
 

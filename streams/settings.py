@@ -48,7 +48,7 @@ class Settings:
     max_events_per_envelope: int = field(default=5_000, metadata=_env("max_events_per_envelope"))
     # --- features -------------------------------------------------------------------------
     item_buckets: int = field(default=4096, metadata=_env("item_buckets"))
-    tag_buckets: int = field(default=64, metadata=_env("tag_buckets"))
+    tag_buckets: int = field(default=256, metadata=_env("tag_buckets"))
     profile_buckets: int = field(default=256, metadata=_env("profile_buckets"))
     seq_len: int = field(default=20, metadata=_env("seq_len"))
     # --- cloud matching (paper section 4.2) -----------------------------------------------
@@ -100,6 +100,10 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that reproduce these settings in a child process."""
+        return {f.metadata["env"]: str(getattr(self, f.name)) for f in fields(self)}
 
     def table(self) -> list[tuple[str, str, str]]:
         """(env variable, default, field) rows for docs and `coda config`."""
