@@ -19,6 +19,7 @@ from streams.kafka import (
     end_offsets,
     ensure_topics,
     group_lags,
+    list_groups,
     stack_file,
     wait_for_metadata,
 )
@@ -144,7 +145,8 @@ def status_lines(settings: Settings, topics: Topics) -> list[str]:
         offsets = sorted((tp.partition, off) for tp, off in ends.items() if tp.topic == name)
         shown = " ".join(str(off) for _, off in offsets) if offsets else "(missing)"
         lines.append(f"{name:32} {len(offsets):>10}  {shown}")
-    lags = asyncio.run(group_lags(settings))
+    groups = asyncio.run(list_groups(settings))
+    lags = asyncio.run(group_lags(settings, names, groups)) if groups else []
     if lags:
         lines.append("")
         lines.append(f"{'group':28} {'topic':28} {'part':>4} {'committed':>10} {'end':>10} {'lag':>8}")

@@ -175,33 +175,74 @@ class PartitionLag:
 
 
 async def end_offsets(settings: Settings, names: list[str]) -> dict[TopicPartition, int]:
-    client = consumer(settings, enable_auto_commit=False)
+    """True end offsets (high watermarks) of every partition of `names`.
+
+    Tansu 0.6 answers ListOffsets(latest) with the *base offset of the last record batch*
+    + 1, not the offset after its last record, so a batch of 20 records reports 1. We read
+    the last batch once and take its last offset + 1; on a real Kafka this changes nothing.
+    """
+    client = consumer(settings, enable_auto_commit=False, max_poll_records=100_000)
     await client.start()
     try:
         parts = [TopicPartition(n, p) for n in names for p in (client.partitions_for_topic(n) or ())]
-        if not parts:
+        if len(parts) < len(names):
             await client._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
             parts = [TopicPartition(n, p) for n in names for p in (client.partitions_for_topic(n) or ())]
-        return await client.end_offsets(parts) if parts else {}
+        reported = await client.end_offsets(parts) if parts else {}
+        return await _read_last_batches(client, reported)
     finally:
         await client.stop()
 
 
-async def group_lags(settings: Settings, prefix: str = "") -> list[PartitionLag]:
-    """Committed offset vs end offset for every consumer group (optionally by name prefix)."""
+async def _read_last_batches(client: AIOKafkaConsumer, reported: dict[TopicPartition, int],
+                             timeout_s: float = 3.0) -> dict[TopicPartition, int]:
+    ends = dict(reported)
+    todo = {tp for tp, end in reported.items() if end > 0}
+    if not todo:
+        return ends
+    client.assign(sorted(todo))
+    for tp in todo:
+        client.seek(tp, reported[tp] - 1)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while todo and asyncio.get_running_loop().time() < deadline:
+        batch = await client.getmany(*todo, timeout_ms=200)
+        for tp, records in batch.items():
+            if records:
+                ends[tp] = max(ends[tp], records[-1].offset + 1)
+                todo.discard(tp)
+    return ends
+
+
+async def committed_offsets(settings: Settings, group: str, parts: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """A group's committed offsets (-1 where none).
+
+    Asked through a consumer's coordinator (OffsetFetch), not the admin client: aiokafka's
+    admin `list_consumer_group_offsets` cannot parse Tansu's reply. The probe never joins.
+    """
+    probe = consumer(settings, group_id=group, enable_auto_commit=False)
+    await probe.start()
+    try:
+        found = await probe._coordinator.fetch_committed_offsets(set(parts))  # noqa: SLF001
+        return {tp: (found[tp].offset if tp in found else -1) for tp in parts}
+    finally:
+        await probe.stop()
+
+
+async def list_groups(settings: Settings, prefix: str = "") -> list[str]:
     client = await admin(settings)
     try:
-        groups = [g[0] for g in await client.list_consumer_groups() if g[0].startswith(prefix)]
-        committed: dict[str, dict[TopicPartition, int]] = {}
-        for group in groups:
-            offsets = await client.list_consumer_group_offsets(group)
-            committed[group] = {tp: meta.offset for tp, meta in offsets.items()}
+        return sorted(g[0] for g in await client.list_consumer_groups() if g[0].startswith(prefix))
     finally:
         await client.close()
-    topics = sorted({tp.topic for c in committed.values() for tp in c})
-    ends = await end_offsets(settings, topics) if topics else {}
-    return [
-        PartitionLag(group, tp.topic, tp.partition, off, ends.get(tp, off))
-        for group, offsets in sorted(committed.items())
-        for tp, off in sorted(offsets.items())
-    ]
+
+
+async def group_lags(settings: Settings, topics: list[str], groups: list[str]) -> list[PartitionLag]:
+    """Committed offset vs end offset of each group on each of `topics` it has committed on."""
+    ends = await end_offsets(settings, topics)
+    out = []
+    for group in groups:
+        committed = await committed_offsets(settings, group, sorted(ends))
+        if all(off < 0 for off in committed.values()):
+            continue  # this group does not read these topics
+        out += [PartitionLag(group, tp.topic, tp.partition, off, ends[tp]) for tp, off in sorted(committed.items())]
+    return out

@@ -80,6 +80,20 @@ class PullRequest(Record):
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceActions(Record):
+    """The user's side, replayed: what the user does on device `device_id`, in event time.
+
+    Keyed by the device's pseudonym so it lands on the same partition as the device's
+    down-tunnel traffic and one fleet process hosts both.
+    """
+
+    KIND: ClassVar[str] = "device.actions"
+    device_id: str = field(metadata=_range(max_len=128))
+    events: list[BehaviourEvent] = field(metadata=_range(max_len=100_000))
+    day: int = field(default=0, metadata=_range(0, 2**31))
+
+
+@dataclass(frozen=True, slots=True)
 class SampleRecord(Record):
     """Wire form of `core.sample.Sample`."""
 
@@ -156,6 +170,7 @@ class MatchResult(Record):
     day: int = field(metadata=_range(0, 2**31))
     neighbours: list[str] = field(metadata=_range(max_len=10_000))
     scores: list[float] = field(metadata=_range(-2.0, 2.0, 10_000))
+    asof_day: int = field(default=0, metadata=_range(0, 2**31))  # last event-time day of data used
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +186,8 @@ class NeighbourQuery(Record):
     want: int = field(metadata=_range(0, 100_000))
     neighbours: list[str] = field(metadata=_range(max_len=10_000))
     parts: int = field(default=1, metadata=_range(1, 100_000))  # queries in this scatter
+    part: int = field(default=0, metadata=_range(0, 100_000))  # this query's index
+    ranks: list[int] = field(default_factory=list, metadata=_range(0, 100_000, 10_000))  # KNN rank
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +201,9 @@ class NeighbourSamples(Record):
     day: int = field(metadata=_range(0, 2**31))
     parts: int = field(metadata=_range(1, 100_000))
     samples: list[SampleRecord] = field(metadata=_range(max_len=1_000_000))
+    part: int = field(default=0, metadata=_range(0, 100_000))
+    neighbours: list[str] = field(default_factory=list, metadata=_range(max_len=10_000))
+    ranks: list[int] = field(default_factory=list, metadata=_range(0, 100_000, 10_000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +230,7 @@ class DownBatch(Record):
     n_samples: int = field(metadata=_range(0, 100_000))
     payload: bytes = field(metadata=_range(max_len=10_000_000))
     model_version: str = field(default="", metadata=_range(max_len=64))
+    of: int = field(default=1, metadata=_range(1, 1000))  # batches answering this request
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,12 +286,82 @@ class DeadLetter(Record):
     stage: str = field(default="", metadata=_range(max_len=64))
 
 
+# --------------------------------------------------------------------------- state
+# Table values travel on Faust changelog topics: they are wire messages too.
+@dataclass(frozen=True, slots=True)
+class HistoryState(Record):
+    """Ingest: a user's recent behaviour (hashed) and the ids of recently emitted samples."""
+
+    KIND: ClassVar[str] = "state.history"
+    items: list[int] = field(default_factory=list)
+    tags: list[list[int]] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class UserState(Record):
+    """User-vector agent: count, feature sum, counted sample ids and in-window samples."""
+
+    KIND: ClassVar[str] = "state.user"
+    count: int
+    total: list[float]
+    last_ts: int
+    counted_ids: list[str]
+    counted_ts: list[int]
+    recent: list[SampleRecord]
+    device: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IdList(Record):
+    """A list of sample ids (served-to-device sets, etc.)."""
+
+    KIND: ClassVar[str] = "state.ids"
+    ids: list[str] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchCache(Record):
+    """Match agent: a user's neighbours per event-time day, kept for the match window."""
+
+    KIND: ClassVar[str] = "state.matches"
+    days: list[int] = field(default_factory=list)
+    neighbours: list[list[str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingGather(Record):
+    KIND: ClassVar[str] = "state.pending"
+    request_id: str
+    day: int
+    parts: int
+    got: list[int]
+    neighbours: list[str]
+    samples: list[SampleRecord]
+    ranks: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState(Record):
+    """Assemble agent: the device's user, today's quota, sent ids (with ts) and open gathers."""
+
+    KIND: ClassVar[str] = "state.device"
+    user: str = ""
+    day: int = -1
+    used: int = 0
+    sent_ids: list[str] = field(default_factory=list)
+    sent_ts: list[int] = field(default_factory=list)
+    pending: list[PendingGather] = field(default_factory=list)
+
+
 REGISTRY: dict[tuple[str, int], type[Record]] = {
     (cls.KIND, cls.VERSION): cls
     for cls in (
-        BehaviourEvent, UpEnvelope, PullRequest, SampleRecord, SampleBatch, DayEnd, UserVector,
+        BehaviourEvent, UpEnvelope, PullRequest, DeviceActions, SampleRecord, SampleBatch, DayEnd, UserVector,
         MatchRequest, MatchResult, NeighbourQuery, NeighbourSamples, DevicePull, DownBatch,
-        DownNotice, BatchRecord, GlobalModel, DeadLetter,
+        DownNotice, BatchRecord, GlobalModel, DeadLetter, HistoryState, UserState, IdList,
+        MatchCache, PendingGather, DeviceState,
     )
 }
 # Named unions for topics that carry more than one kind (topics.yaml `value`).
@@ -279,6 +370,7 @@ UNIONS: dict[str, tuple[type[Record], ...]] = {
     "SampleMessage": (SampleBatch, DayEnd),
     "GatherMessage": (DevicePull, NeighbourSamples),
     "DownMessage": (DownBatch, DownNotice),
+    "ActionMessage": (DeviceActions, DayEnd),
 }
 SCHEMAS: dict[str, tuple[type[Record], ...]] = {
     **{cls.__name__: (cls,) for cls in REGISTRY.values()},

@@ -20,7 +20,7 @@ def _coda(state: Path, *args: str) -> str:
 def test_stack_up_status_down(tmp_path: Path) -> None:
     """up starts Tansu and creates all topics; status lists them; down stops only what up started."""
     state = tmp_path / "state"
-    assert "created 11 topic(s)" in _coda(state, "stack", "up")
+    assert "created 12 topic(s)" in _coda(state, "stack", "up")
     pids = json.loads((state / "stack.json").read_text())["pids"]
     assert all(alive(p) for p in pids)
     assert "created 0 topic(s)" in _coda(state, "stack", "up")  # idempotent, same broker

@@ -28,6 +28,7 @@ def examples() -> list[s.Record]:
         event,
         s.UpEnvelope("dev-1", [event, s.BehaviourEvent("user-1", 1, "i", [], "impression")], 5),
         s.PullRequest("dev-1", "user-1", 1_700_000_000, "r1", 12),
+        s.DeviceActions("dev-1", [event], 19_000),
         sample,
         s.SampleBatch("u", "d", [sample, sample]),
         s.DayEnd(19_000),
@@ -42,6 +43,12 @@ def examples() -> list[s.Record]:
         s.BatchRecord("d", "u", 19_000, "b1", "r1", ["s0"], ["u0"], 120),
         s.GlobalModel("v1", 5, b"\x00weights", {"emb_dim": "3"}, {"auc": "0.7"}),
         s.DeadLetter(b"\xff", "bad_msgpack", "detail", "coda.up", 3, 42, "ingest"),
+        s.HistoryState([1, 2], [[3], [4, 5]], ["s0"]),
+        s.UserState(2, [0.5, 1.5], 10, ["s0"], [10], [sample], "d"),
+        s.IdList(["a", "b"], [1, 2]),
+        s.MatchCache([19_000], [["n1", "n2"]]),
+        s.PendingGather("r1", 19_000, 2, [0], ["n1"], [sample]),
+        s.DeviceState("u", 19_000, 3, ["s0"], [10], [s.PendingGather("r1", 19_000, 2, [0], [], [])]),
     ]
 
 
