@@ -184,17 +184,18 @@ async def end_offsets(settings: Settings, names: list[str]) -> dict[TopicPartiti
     client = consumer(settings, enable_auto_commit=False, max_poll_records=100_000)
     await client.start()
     try:
-        parts = [TopicPartition(n, p) for n in names for p in (client.partitions_for_topic(n) or ())]
-        if len(parts) < len(names):
+        for _ in range(20):
+            if all(client.partitions_for_topic(n) for n in names):
+                break
             await client._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
-            parts = [TopicPartition(n, p) for n in names for p in (client.partitions_for_topic(n) or ())]
+        parts = [TopicPartition(n, p) for n in names for p in (client.partitions_for_topic(n) or ())]
         reported = await client.end_offsets(parts) if parts else {}
-        return await _read_last_batches(client, reported)
+        return await read_last_batches(client, reported)
     finally:
         await client.stop()
 
 
-async def _read_last_batches(client: AIOKafkaConsumer, reported: dict[TopicPartition, int],
+async def read_last_batches(client: AIOKafkaConsumer, reported: dict[TopicPartition, int],
                              timeout_s: float = 3.0) -> dict[TopicPartition, int]:
     ends = dict(reported)
     todo = {tp for tp, end in reported.items() if end > 0}

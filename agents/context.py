@@ -1,0 +1,95 @@
+"""What every cloud agent shares: settings, topics, tables, the index, dead letters and counters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from aiokafka.partitioner import murmur2
+
+from streams.app import topic
+from streams.deadletter import DeadLetters
+from streams.schemas import Record, SchemaError, decode, encode
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives `key`: scatter targets it."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+@dataclass
+class StageCounters:
+    """in = processed + dead-lettered, per stage; `extra` counts things worth reporting."""
+
+    received: int = 0
+    processed: int = 0
+    dead: int = 0
+    extra: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"in": self.received, "processed": self.processed, "dead_lettered": self.dead,
+                **dict(self.extra)}
+
+
+@dataclass
+class CloudContext:
+    settings: Settings
+    topics: Topics
+    app: faust.App
+    index: Any = None  # VectorIndex, opened when the worker starts
+    index_home: Any = None  # the worker's directory for local index files
+    counters: dict[str, StageCounters] = field(default_factory=dict)
+    letters: DeadLetters | None = None
+    faust_topics: dict[str, faust.TopicT] = field(default_factory=dict)
+    # the index is not thread-safe: every call goes through this one thread
+    index_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "index"))
+
+    async def index_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.index_pool, lambda: fn(*args, **kwargs))
+
+    def topic(self, name: str) -> faust.TopicT:
+        if name not in self.faust_topics:
+            self.faust_topics[name] = topic(self.app, self.topics, name)
+        return self.faust_topics[name]
+
+    def stage(self, name: str) -> StageCounters:
+        return self.counters.setdefault(name, StageCounters())
+
+    def table(self, name: str) -> faust.Table:
+        """A changelogged table of schema records, co-partitioned with the flow's topics."""
+        table = self.app.Table(name, default=None, partitions=8)
+        # Faust derives serializers from model types (json otherwise); set them before the
+        # changelog topic is first created so changelog and recovery use our codec.
+        table.key_serializer, table.value_serializer = "raw", "coda"
+        return table
+
+    async def send(self, name: str, key: str, record: Record, partition: int | None = None) -> None:
+        await self.topic(name).send(key=key.encode(), value=encode(record), partition=partition)
+
+    async def accept(self, stage: str, event: faust.EventT, expect: str) -> Record | None:
+        """Decode an event's value as one of topic `expect`'s kinds, or dead-letter it."""
+        counters = self.stage(stage)
+        counters.received += 1
+        try:
+            record = decode(event.value, self.settings.max_envelope_bytes, self.topics[expect].kinds)
+        except SchemaError as err:
+            counters.dead += 1
+            await self.reject(event, err.reason, err.detail, stage)
+            return None
+        return record
+
+    async def reject(self, event: faust.EventT, reason: str, detail: str, stage: str) -> None:
+        if self.letters is None:
+            self.letters = DeadLetters(self.topic("dead-letters").send, stage="cloud")
+        msg = event.message
+        await self.letters.reject(event.value or b"", reason, f"[{stage}] {detail}", msg.topic,
+                                  msg.partition, msg.offset)

@@ -1,0 +1,144 @@
+"""A cloud worker: the Faust app with every agent, its vector-index replica and its stats file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import faust
+
+from agents import assemble, ingest, match, vectors
+from agents.context import CloudContext
+from agents.index import UserPoint, VectorIndex, open_index
+from streams import codec  # noqa: F401 - registers the "coda" codec used by tables
+from streams.app import create_app
+from aiokafka import TopicPartition
+
+from streams.kafka import committed_offsets, consumer
+from streams.schemas import SchemaError, UserVector, decode
+from streams.settings import Settings
+from streams.topics import Topics, load_topics
+
+log = logging.getLogger(__name__)
+
+
+def worker_dir(settings: Settings, worker_id: str) -> Path:
+    return settings.state_dir / "workers" / f"{settings.topic_prefix}-{worker_id}"
+
+
+def local_index_dirs(home: Path) -> list[Path]:
+    return [home / "index", home / "qdrant-local"]
+
+
+def build_worker(settings: Settings, worker_id: str = "0", topics: Topics | None = None) -> CloudContext:
+    """The app with all agents; each worker holds its own index replica (or shares a server)."""
+    topics = topics or load_topics(settings.topics_file, settings.topic_prefix)
+    app = create_app(settings, topics)
+    ctx = CloudContext(settings, topics, app)
+    home = worker_dir(settings, worker_id)
+    home.mkdir(parents=True, exist_ok=True)
+    ctx.index = open_index(settings.index_url, settings.tag_buckets, home)
+    ctx.index_home = home
+    ingest.register(ctx)
+    users = vectors.register(ctx)
+    match.register(ctx, users)
+    assemble.register(ctx)
+    replica_group = f"{settings.app_id}-index-{worker_id}"
+
+    @app.task
+    async def index_replica() -> None:
+        await follow_user_vectors(ctx, replica_group)
+
+    @app.timer(1.0)
+    async def write_stats() -> None:
+        write_json(home / "stats.json", stats(ctx))
+
+    return ctx
+
+
+def stats(ctx: CloudContext) -> dict[str, object]:
+    out: dict[str, object] = {name: c.as_dict() for name, c in ctx.counters.items()}
+    out["dead_letter_reasons"] = dict(ctx.letters.counts) if ctx.letters else {}
+    return out
+
+
+def write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def latest_points(records: Sequence[bytes]) -> list[UserPoint]:
+    """Compaction done by the reader: the newest vector per user wins (Tansu does not compact)."""
+    latest: dict[str, UserVector] = {}
+    for raw in records:
+        try:
+            vector = decode(raw, 1 << 24, (UserVector,))
+        except SchemaError as err:
+            log.warning("skipping undecodable user vector: %s", err)
+            continue
+        assert isinstance(vector, UserVector)
+        latest[vector.user] = vector
+    return [UserPoint(v.user, v.vector, v.count, v.last_ts) for v in latest.values()]
+
+
+async def follow_user_vectors(ctx: CloudContext, group: str, stop: asyncio.Event | None = None) -> None:
+    """Keep `index` equal to the compacted user-vectors topic, from its start.
+
+    Committing under a per-replica group makes the replica's lag visible to `coda stack
+    status` and to the day barrier of replays; an empty index always reads from offset 0.
+    """
+    name = ctx.topics.name("user-vectors")
+    reader = consumer(ctx.settings, name, group_id=group, enable_auto_commit=False,
+                      auto_offset_reset="earliest", max_poll_records=5000)
+    await reader.start()
+    try:
+        if not await has_commits(ctx, group):
+            # A replica that never followed this topic (e.g. the in-memory broker restarted)
+            # must not keep points from an earlier life: start it empty, read from offset 0.
+            await ctx.index_call(reset_local_index, ctx)
+            await reader.seek_to_beginning()
+        while stop is None or not stop.is_set():
+            batch = await reader.getmany(timeout_ms=200)
+            raw = [r.value for records in batch.values() for r in records]
+            if raw:
+                await ctx.index_call(_upsert, ctx.index, latest_points(raw))
+                ctx.stage("index").extra["points"] = await ctx.index_call(ctx.index.count)
+                ctx.stage("index").received += len(raw)
+                await reader.commit()
+    finally:
+        await reader.stop()
+
+
+async def has_commits(ctx: CloudContext, group: str) -> bool:
+    name = ctx.topics.name("user-vectors")
+    parts = [TopicPartition(name, p) for p in range(ctx.topics["user-vectors"].partitions)]
+    committed = await committed_offsets(ctx.settings, group, parts)
+    return any(off >= 0 for off in committed.values())
+
+
+def reset_local_index(ctx: CloudContext) -> None:
+    """Empty an embedded/local replica; a shared server collection is left alone (upserts are idempotent)."""
+    if ctx.settings.index_url.split(":", 1)[0] not in ("edge", "qdrant-local", "memory", "exact"):
+        return
+    ctx.index.close()
+    for path in local_index_dirs(ctx.index_home):
+        shutil.rmtree(path, ignore_errors=True)
+    ctx.index = open_index(ctx.settings.index_url, ctx.settings.tag_buckets, ctx.index_home)
+
+
+def _upsert(index: VectorIndex, points: list[UserPoint]) -> None:
+    index.upsert(points)
+    index.flush()
+
+
+def run_worker(settings: Settings, worker_id: str) -> None:
+    """Blocking: run one worker until SIGINT/SIGTERM (Faust's worker handles signals)."""
+    ctx = build_worker(settings, worker_id)
+    worker = faust.Worker(ctx.app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,95 @@
+"""Pure cloud-side rules: chunking, quotas, scatter/gather merging, incremental means, pseudonyms."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, strategies as st
+
+from core.batching import DailyQuota, chunk
+from core.features import FeatureSpace, user_feature
+from core.matching import group_by_partition, merge_answers, most_recent_unserved, per_neighbour_ask
+from core.privacy import device_pseudonym, user_pseudonym
+from core.sample import Sample
+from core.vectors import UserAccumulator, mean_vector
+
+SPACE = FeatureSpace()
+
+
+def sample(i: int, user: str = "u", ts: int = 0) -> Sample:
+    rng = random.Random(i)
+    seq = tuple(rng.randrange(100) for _ in range(rng.randrange(4)))
+    return Sample(f"s{i}", user, ts or 1000 + i, rng.randrange(100), (rng.randrange(256),), seq,
+                  tuple((rng.randrange(256),) for _ in seq), (), rng.randrange(2))
+
+
+@given(st.integers(0, 1000))
+def test_chunk_sizes(n: int) -> None:
+    """Batches hold 25–40 except when fewer than 25 exist or the remainder cannot be absorbed."""
+    batches = chunk(list(range(n)))
+    assert sum(len(b) for b in batches) == n
+    assert [x for b in batches for x in b] == list(range(n))
+    assert all(len(b) <= 40 for b in batches)
+    assert all(len(b) >= 25 for b in batches[:-1])
+    if n >= 25:
+        small = [b for b in batches if len(b) < 25]
+        assert len(small) <= 1
+
+
+def test_chunk_absorbs_fragment() -> None:
+    """60 items become 30+30, not 25+25+10; 51 become 26+25."""
+    assert [len(b) for b in chunk(list(range(60)))] == [30, 30]
+    assert [len(b) for b in chunk(list(range(51)))] == [26, 25]
+    assert [len(b) for b in chunk(list(range(10)))] == [10]
+
+
+def test_daily_quota_resets_by_event_day() -> None:
+    """The quota counts per event-time day."""
+    q = DailyQuota().on(5).spend(12)
+    assert q.remaining(12) == 0
+    assert q.on(5).remaining(12) == 0 and q.on(6).remaining(12) == 12
+
+
+def test_incremental_mean_equals_batch_mean_and_is_idempotent() -> None:
+    """Algorithm 1 incrementally equals the batch mean; redelivered samples are not counted twice."""
+    samples = [sample(i) for i in range(50)]
+    acc = UserAccumulator()
+    acc.add(samples[:30], SPACE)
+    acc.add(samples[20:], SPACE)  # 10 redelivered
+    assert acc.count == 50
+    expected = mean_vector([user_feature(s, SPACE) for s in samples])
+    assert max(abs(a - b) for a, b in zip(acc.mean, expected, strict=True)) < 1e-12
+
+
+def test_prune_keeps_window() -> None:
+    """Samples outside the match window leave `recent`."""
+    acc = UserAccumulator()
+    acc.add([sample(i, ts=86_400 * i + 1) for i in range(10)], SPACE)
+    acc.prune(acc.last_ts, window_days=3, dedup_days=14, keep_recent=500)
+    assert {s.sample_id for s in acc.recent} == {"s7", "s8", "s9"}
+
+
+def test_scatter_and_gather() -> None:
+    """Neighbours group by partition; answers merge round-robin by rank, newest first, deduped."""
+    groups = group_by_partition(["a", "b", "c", "d"], lambda n: ord(n) % 2)
+    assert groups == {1: ["a", "c"], 0: ["b", "d"]}
+    assert per_neighbour_ask(300, 100) == 3 and per_neighbour_ask(0, 10) == 0
+    a = [sample(1, "a"), sample(2, "a")]
+    b = [sample(3, "b")]
+    merged = merge_answers({"a": a, "b": b}, ["b", "a"], {"s2"}, capacity=10)
+    assert [s.sample_id for s in merged] == ["s3", "s1"]
+
+
+def test_most_recent_unserved() -> None:
+    """A neighbour answers with its newest in-window samples the device was not served."""
+    recent = [sample(i, "n", ts=100 * i) for i in range(1, 6)]  # oldest first
+    chosen = most_recent_unserved(recent, {"s5"}, want=2, since_ts=200)
+    assert [s.sample_id for s in chosen] == ["s4", "s3"]
+
+
+def test_pseudonyms_are_keyed_and_separate() -> None:
+    """Pseudonyms depend on the key and differ between user and device namespaces."""
+    assert user_pseudonym("k", "42") == user_pseudonym("k", "42")
+    assert user_pseudonym("k", "42") != user_pseudonym("k2", "42")
+    assert user_pseudonym("k", "42") != device_pseudonym("k", "42")
+    assert "42" not in user_pseudonym("k", "42")
