@@ -14,7 +14,7 @@ import faust
 
 from agents import assemble, ingest, match, vectors
 from agents.context import CloudContext
-from agents.index import UserPoint, VectorIndex, open_index
+from agents.index import UserPoint, open_index
 from streams import codec  # noqa: F401 - registers the "coda" codec used by tables
 from streams.app import create_app
 from aiokafka import TopicPartition
@@ -103,14 +103,21 @@ async def follow_user_vectors(ctx: CloudContext, group: str, stop: asyncio.Event
             # must not keep points from an earlier life: start it empty, read from offset 0.
             await ctx.index_call(reset_local_index, ctx)
             await reader.seek_to_beginning()
+        dirty = False
         while stop is None or not stop.is_set():
             batch = await reader.getmany(timeout_ms=200)
             raw = [r.value for records in batch.values() for r in records]
             if raw:
-                await ctx.index_call(_upsert, ctx.index, latest_points(raw))
-                ctx.stage("index").extra["points"] = await ctx.index_call(ctx.index.count)
+                await ctx.index_call(ctx.index.upsert, latest_points(raw))
+                await reader.commit()  # upserted points are searchable before any flush
                 ctx.stage("index").received += len(raw)
-                await reader.commit()
+                ctx.stage("index").processed += len(raw)
+                dirty = True
+            elif dirty:
+                # caught up: persist and let the engine build HNSW now, off the hot path
+                await ctx.index_call(ctx.index.flush)
+                ctx.stage("index").extra["points"] = await ctx.index_call(ctx.index.count)
+                dirty = False
     finally:
         await reader.stop()
 
@@ -130,11 +137,6 @@ def reset_local_index(ctx: CloudContext) -> None:
     for path in local_index_dirs(ctx.index_home):
         shutil.rmtree(path, ignore_errors=True)
     ctx.index = open_index(ctx.settings.index_url, ctx.settings.tag_buckets, ctx.index_home)
-
-
-def _upsert(index: VectorIndex, points: list[UserPoint]) -> None:
-    index.upsert(points)
-    index.flush()
 
 
 def run_worker(settings: Settings, worker_id: str) -> None:

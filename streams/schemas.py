@@ -13,6 +13,7 @@ import types
 import typing
 import zlib
 from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import msgpack
@@ -383,16 +384,23 @@ R = TypeVar("R", bound=Record)
 # --------------------------------------------------------------------------- encode
 def to_plain(record: Record) -> dict[str, Any]:
     body: dict[str, Any] = {KIND_KEY: record.KIND, VERSION_KEY: record.VERSION}
-    for f in fields(record):
-        body[f.name] = _plain_value(getattr(record, f.name))
+    for name in _names(type(record)):
+        body[name] = _plain_value(getattr(record, name))
     return body
+
+
+@functools.cache
+def _names(cls: type[Record]) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 def _plain_value(value: Any) -> Any:
     if isinstance(value, Record):
-        return {f.name: _plain_value(getattr(value, f.name)) for f in fields(value)}
+        return {name: _plain_value(getattr(value, name)) for name in _names(type(value))}
     if isinstance(value, list | tuple):
-        return [_plain_value(v) for v in value]
+        if value and isinstance(value[0], Record | list | tuple):
+            return [_plain_value(v) for v in value]
+        return value  # plain scalars: msgpack takes them as they are
     return value
 
 
@@ -432,57 +440,80 @@ def decode_as(cls: type[R], raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> R
 
 
 def from_plain(cls: type[R], body: Any, path: str) -> R:
-    if not isinstance(body, dict):
-        raise SchemaError("wrong_type", f"{path or cls.KIND}: expected a map, got {type(body).__name__}")
-    hints = _hints(cls)
-    values: dict[str, Any] = {}
-    for f in _fields(cls):
-        where = f"{path}.{f.name}" if path else f.name
-        if f.name not in body or body[f.name] is None:
-            if f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
-                raise SchemaError("missing_field", f"{where} is required")
-            if f.name in body and _optional(hints[f.name]):
-                values[f.name] = None
-            continue
-        values[f.name] = _check(hints[f.name], body[f.name], where, f.metadata)
-    return cls(**values)
+    return _record_checker(cls)(body, path or cls.KIND)  # type: ignore[no-any-return]
+
+
+Checker = Callable[[Any, str], Any]
 
 
 @functools.cache
-def _hints(cls: type[Record]) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _record_checker(cls: type[Record]) -> Checker:
+    """Compile a validator once per record class: decoding is on every agent's hot path."""
+    hints = typing.get_type_hints(cls)
+    plan = []
+    for f in fields(cls):
+        required = f.default is MISSING and f.default_factory is MISSING  # type: ignore[misc]
+        meta = dict(f.metadata) if f.metadata else {}
+        plan.append((f.name, required, _optional(hints[f.name]), _compile(hints[f.name], meta)))
 
+    def check(body: Any, path: str) -> Any:
+        if not isinstance(body, dict):
+            raise SchemaError("wrong_type", f"{path}: expected a map, got {type(body).__name__}")
+        values: dict[str, Any] = {}
+        for name, required, optional, checker in plan:
+            value = body.get(name)
+            where = f"{path}.{name}" if path != cls.KIND else name
+            if value is None:
+                if required:
+                    raise SchemaError("missing_field", f"{where} is required")
+                if optional and name in body:
+                    values[name] = None
+                continue
+            values[name] = checker(value, where)
+        return cls(**values)
 
-@functools.cache
-def _fields(cls: type[Record]) -> tuple[Any, ...]:
-    return fields(cls)
+    return check
 
 
 def _optional(hint: Any) -> bool:
     return type(None) in typing.get_args(hint)
 
 
-def _check(hint: Any, value: Any, where: str, meta: Any) -> Any:
+def _compile(hint: Any, meta: dict[str, Any]) -> Checker:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
-        inner = [a for a in args if a is not type(None)][0]
-        return _check(inner, value, where, meta)
+        return _compile([a for a in args if a is not type(None)][0], meta)
     if origin is list:
+        return _list_checker(args[0], meta)
+    if origin is dict:
+        key, val = _compile(args[0], {}), _compile(args[1], {})
+
+        def check_map(value: Any, where: str) -> Any:
+            if not isinstance(value, dict) or len(value) > 64:
+                raise SchemaError("wrong_type", f"{where}: expected a map of at most 64 entries")
+            return {key(k, f"{where}.key"): val(v, f"{where}[{k!r}]") for k, v in value.items()}
+
+        return check_map
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return _record_checker(hint)
+    return functools.partial(_scalar, hint, meta=meta)
+
+
+def _list_checker(item: Any, meta: dict[str, Any]) -> Checker:
+    max_len = meta.get("max_len")
+    inner = _compile(item, {**meta, "max_len": None})
+    fast = _fast_scalars(item, meta)
+
+    def check_list(value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise SchemaError("wrong_type", f"{where}: expected a list, got {type(value).__name__}")
-        max_len = meta.get("max_len") if meta else None
         if max_len is not None and len(value) > max_len:
             raise SchemaError("out_of_range", f"{where}: {len(value)} items, at most {max_len}")
-        item_meta = {**meta, "max_len": None} if meta else meta
-        return [_check(args[0], v, f"{where}[{i}]", item_meta) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict) or len(value) > 64:
-            raise SchemaError("wrong_type", f"{where}: expected a map of at most 64 entries")
-        return {_check(args[0], k, f"{where}.key", None): _check(args[1], v, f"{where}[{k!r}]", None)
-                for k, v in value.items()}
-    if isinstance(hint, type) and issubclass(hint, Record):
-        return from_plain(hint, value, where)
-    return _scalar(hint, value, where, meta or {})
+        if fast is not None and fast(value):
+            return value
+        return [inner(v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+    return check_list
 
 
 def _scalar(hint: Any, value: Any, where: str, meta: dict[str, Any]) -> Any:
@@ -501,6 +532,17 @@ def _scalar(hint: Any, value: Any, where: str, meta: dict[str, Any]) -> Any:
     if hint in (str, bytes) and max_len is not None and len(value) > max_len:
         raise SchemaError("out_of_range", f"{where}: length {len(value)} exceeds {max_len}")
     return bytes(value) if hint is bytes else value
+
+
+def _fast_scalars(item: Any, meta: dict[str, Any]) -> Callable[[list[Any]], bool] | None:
+    """A whole-list check for lists of plain ints or strs; on failure the slow path names the item."""
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if item is int:
+        return lambda v: all(type(x) is int for x in v) and (
+            not v or ((lo is None or min(v) >= lo) and (hi is None or max(v) <= hi)))
+    if item is str:
+        return lambda v: all(type(x) is str for x in v)
+    return None
 
 
 # --------------------------------------------------------------------------- payloads

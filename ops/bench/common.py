@@ -1,0 +1,67 @@
+"""Shared bench plumbing: a broker for the run, machine facts, percentiles, JSON + markdown output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streams.settings import Settings
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    arr = np.asarray(values, dtype=float)
+    return {"n": int(arr.size), "p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)),
+            "p99": float(np.percentile(arr, 99)), "mean": float(arr.mean())}
+
+
+@contextlib.contextmanager
+def broker_for(settings: Settings, scratch: Path) -> Iterator[Settings]:
+    """Use the configured or running broker; otherwise start a private Tansu for this bench."""
+    from ops import stack
+    from streams.kafka import BrokerUnavailable, bootstrap_servers
+
+    try:
+        yield settings.replace(bootstrap=bootstrap_servers(settings))
+        return
+    except BrokerUnavailable:
+        pass
+    private = settings.replace(state_dir=scratch / "broker")
+    state = stack.start_broker(private)
+    state.save(stack.stack_file(private))
+    try:
+        yield settings.replace(bootstrap=state.bootstrap)
+    finally:
+        stack.down(private)
+
+
+def write_report(path: Path, suite: str, result: dict[str, Any], markdown: str) -> None:
+    """FILE.json and a FILE.md summary beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"suite": suite, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
+           **result}
+    path.write_text(json.dumps(doc, indent=1, default=float))
+    path.with_suffix(".md").write_text(markdown)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def fmt(v: object) -> str:
+        return f"{v:,.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,29 @@
+"""`coda bench <suite> --out FILE.json`: measured figures beside their ceilings, plus FILE.md."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+from streams.settings import Settings
+
+SUITES = ("ingest", "match", "device", "e2e", "fleet", "scale")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("suite", choices=SUITES)
+    parser.add_argument("--out", type=Path, help="JSON file (default out/bench/<suite>.json); .md beside it")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for CI smoke runs")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    out = args.out or Path("out/bench") / f"{args.suite}.json"
+    module = importlib.import_module(f"ops.bench.{args.suite}")
+    kwargs = {"settings": settings} if "settings" in module.run.__code__.co_varnames else {}
+    module.run(out, args.quick, **kwargs)
+    print(out.with_suffix(".md").read_text())
+    print(f"wrote {out}")
+    json.loads(out.read_text())  # the file is valid JSON
+    return 0

@@ -1,0 +1,61 @@
+"""`coda cloud train-global`: train the global DIN on the cloud's sample pool and publish it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from streams.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="job", required=True)
+    job = sub.add_parser("train-global", help="train the global model on the samples topic and publish it")
+    job.add_argument("--until-day", type=int, help="only samples up to this event-time day (default: all)")
+    job.add_argument("--epochs", type=int, default=2)
+    job.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    published = asyncio.run(train_and_publish(settings, args.until_day, args.epochs, args.seed))
+    print(json.dumps(published, indent=1))
+    return 0
+
+
+async def train_and_publish(settings: Settings, until_day: int | None, epochs: int, seed: int) -> dict[str, object]:
+    from core.globalmodel import train_global
+    from core.training import TrainConfig
+    from ops.topicio import read_records
+    from streams.kafka import producer
+    from streams.schemas import GlobalModel, SampleBatch, encode
+    from streams.topics import load_topics
+
+    topics = load_topics(settings.topics_file, settings.topic_prefix)
+    pool = {}
+    for record in await read_records(settings, topics.name("samples")):
+        if isinstance(record, SampleBatch):
+            for s in record.samples:
+                if until_day is None or s.ts // 86_400 <= until_day:
+                    pool.setdefault(s.sample_id, s.to_sample())
+    if not pool:
+        raise RuntimeError(f"no samples on {topics.name('samples')} to train the global model on")
+    cfg = TrainConfig(lr=settings.learning_rate, batch_size=256, epochs=epochs, seed=seed)
+    trained = await asyncio.to_thread(train_global, list(pool.values()), settings.features, cfg)
+    space = settings.features
+    metrics = {"train_samples": trained.train_samples, "holdout_samples": trained.holdout_samples,
+               "holdout_auc": trained.holdout_auc, "holdout_logloss": trained.holdout_logloss}
+    model = GlobalModel(trained.version, int(time.time()), trained.weights,
+                        {k: str(v) for k, v in vars_of(space).items()}, {k: str(v) for k, v in metrics.items()})
+    out = producer(settings)
+    await out.start()
+    try:
+        await out.send_and_wait(topics.name("models"), encode(model), key=trained.version.encode())
+    finally:
+        await out.stop()
+    return {"version": trained.version, "topic": topics.name("models"), **metrics}
+
+
+def vars_of(space: object) -> dict[str, object]:
+    return {name: getattr(space, name) for name in space.__slots__}  # type: ignore[attr-defined]
