@@ -68,6 +68,9 @@ class Settings:
     emb_dim: int = field(default=3, metadata=_env("emb_dim"))
     learning_rate: float = field(default=0.01, metadata=_env("learning_rate"))
     train_batch: int = field(default=32, metadata=_env("train_batch"))
+    # "events": a device pulls as soon as it reported new events (live); "day_end": it pulls on
+    # the end-of-day tick, after the cloud has indexed the whole day (exact, repeatable replays)
+    pull_trigger: str = field(default="events", metadata=_env("pull_trigger"))
     open_databases: int = field(default=64, metadata=_env("open_databases"))
     torch_threads: int = field(default=1, metadata=_env("torch_threads"))
     # --- Faust / broker timeouts (Tansu joins are slow with Faust's defaults) ---------------
