@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 from faust.auth import SASLCredentials, SSLCredentials
+from faust.transport import drivers
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.kafka import bootstrap_servers, ssl_context
 from streams.settings import Settings
 from streams.topics import Topics, load_topics
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer with our fetch wait instead of its fixed 1.5 s."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.app.conf.coda_fetch_max_wait_ms  # noqa: SLF001 - read at start()
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Transport(faust_aiokafka.Transport):
+    """The stock aiokafka transport, with a consumer whose fetch wait is configurable."""
+
+    Consumer = _Consumer
+
+
+TRANSPORT_SCHEME = "coda-kafka"
+drivers.TRANSPORTS.aliases[TRANSPORT_SCHEME] = "streams.app:Transport"
 
 
 def credentials(settings: Settings) -> object | None:
@@ -31,7 +59,7 @@ def create_app(settings: Settings, topics: Topics | None = None, app_id: str | N
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id or settings.app_id,
-        broker=[f"kafka://{server}" for server in bootstrap_servers(settings).split(",")],
+        broker=[f"{TRANSPORT_SCHEME}://{server}" for server in bootstrap_servers(settings).split(",")],
         broker_credentials=credentials(settings),
         store="memory://",
         topic_partitions=8,
@@ -49,6 +77,7 @@ def create_app(settings: Settings, topics: Topics | None = None, app_id: str | N
         value_serializer="raw",
     )
     app.conf.coda_topics = topics  # type: ignore[attr-defined]
+    app.conf.coda_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
     return app
 
 

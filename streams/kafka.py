@@ -78,6 +78,7 @@ def producer(settings: Settings, **extra: Any) -> AIOKafkaProducer:
 
 
 def consumer(settings: Settings, *topics: str, **extra: Any) -> AIOKafkaConsumer:
+    extra.setdefault("fetch_max_wait_ms", settings.fetch_max_wait_ms)
     return AIOKafkaConsumer(*topics, **client_options(settings), **extra)
 
 

@@ -71,12 +71,18 @@ class Settings:
     # "events": a device pulls as soon as it reported new events (live); "day_end": it pulls on
     # the end-of-day tick, after the cloud has indexed the whole day (exact, repeatable replays)
     pull_trigger: str = field(default="events", metadata=_env("pull_trigger"))
+    # "coda": every device runs CoDA (the product); "buckets": an experiment, each device gets one
+    # arm (cloud | local | coda | coda_nofilter | coda_random) from a hash of (arm_seed, pseudonym)
+    arm_mode: str = field(default="coda", metadata=_env("arm_mode"))
+    arm_seed: int = field(default=0, metadata=_env("arm_seed"))
     open_databases: int = field(default=64, metadata=_env("open_databases"))
     torch_threads: int = field(default=1, metadata=_env("torch_threads"))
     # --- Faust / broker timeouts (Tansu joins are slow with Faust's defaults) ---------------
     rebalance_timeout_s: float = field(default=6.0, metadata=_env("rebalance_timeout_s"))
     session_timeout_s: float = field(default=6.0, metadata=_env("session_timeout_s"))
     heartbeat_interval_s: float = field(default=1.0, metadata=_env("heartbeat_interval_s"))
+    # Faust hard-codes a 1.5 s fetch wait; every agent hop of a pull paid it on Tansu
+    fetch_max_wait_ms: int = field(default=20, metadata=_env("fetch_max_wait_ms"))
     take_max: int = field(default=500, metadata=_env("take_max"))
     take_within_s: float = field(default=0.05, metadata=_env("take_within_s"))
 
