@@ -384,24 +384,29 @@ R = TypeVar("R", bound=Record)
 # --------------------------------------------------------------------------- encode
 def to_plain(record: Record) -> dict[str, Any]:
     body: dict[str, Any] = {KIND_KEY: record.KIND, VERSION_KEY: record.VERSION}
-    for name in _names(type(record)):
-        body[name] = _plain_value(getattr(record, name))
+    body.update(_record_encoder(type(record))(record))
     return body
 
 
 @functools.cache
-def _names(cls: type[Record]) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+def _record_encoder(cls: type[Record]) -> Callable[[Any], dict[str, Any]]:
+    """Compile an encoder once per class: scalars and scalar lists pass through untouched."""
+    hints = typing.get_type_hints(cls)
+    plan = [(f.name, _value_encoder(hints[f.name])) for f in fields(cls)]
+    return lambda record: {name: (enc(v) if enc is not None and v is not None else v)
+                           for name, enc in plan for v in (getattr(record, name),)}
 
 
-def _plain_value(value: Any) -> Any:
-    if isinstance(value, Record):
-        return {name: _plain_value(getattr(value, name)) for name in _names(type(value))}
-    if isinstance(value, list | tuple):
-        if value and isinstance(value[0], Record | list | tuple):
-            return [_plain_value(v) for v in value]
-        return value  # plain scalars: msgpack takes them as they are
-    return value
+def _value_encoder(hint: Any) -> Callable[[Any], Any] | None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return _value_encoder([a for a in args if a is not type(None)][0])
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return _record_encoder(hint)
+    if origin is list:
+        inner = _value_encoder(args[0])
+        return None if inner is None else (lambda items: [inner(x) for x in items])
+    return None  # scalars, maps of scalars and lists of them: msgpack takes them as they are
 
 
 def encode(record: Record) -> bytes:
@@ -542,6 +547,9 @@ def _fast_scalars(item: Any, meta: dict[str, Any]) -> Callable[[list[Any]], bool
             not v or ((lo is None or min(v) >= lo) and (hi is None or max(v) <= hi)))
     if item is str:
         return lambda v: all(type(x) is str for x in v)
+    if item is float:
+        return lambda v: all(type(x) is float for x in v) and all(map(math.isfinite, v)) and (
+            not v or ((lo is None or min(v) >= lo) and (hi is None or max(v) <= hi)))
     return None
 
 

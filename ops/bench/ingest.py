@@ -19,9 +19,9 @@ def say(msg: str) -> None:
     print(f"[bench ingest] {msg}", file=sys.stderr, flush=True)
 
 
-def run(out: Path, quick: bool, settings: Settings, workers: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+def run(out: Path, quick: bool, settings: Settings, workers: tuple[int, ...] = (1,)) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="coda-bench-") as scratch, broker_for(settings, Path(scratch)) as s:
-        result = asyncio.run(_run(s, Path(scratch), quick, (1,) if quick else workers))
+        result = asyncio.run(_run(s, Path(scratch), quick, workers))
     rows = [[name, r["events_per_s"], r.get("seconds", 0.0), r.get("ratio_to_raw", 1.0)]
             for name, r in result["measurements"].items()]
     md = ("# bench ingest\n\nSame envelopes, same broker, one run. `pipeline-N`: up-tunnel envelopes → "
