@@ -16,12 +16,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suite", choices=SUITES)
     parser.add_argument("--out", type=Path, help="JSON file (default out/bench/<suite>.json); .md beside it")
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI smoke runs")
+    parser.add_argument("--large", action="store_true", help="match: add 1M users (long)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     out = args.out or Path("out/bench") / f"{args.suite}.json"
     module = importlib.import_module(f"ops.bench.{args.suite}")
-    kwargs = {"settings": settings} if "settings" in module.run.__code__.co_varnames else {}
+    names = module.run.__code__.co_varnames
+    kwargs = {"settings": settings} if "settings" in names else {}
+    if "large" in names:
+        kwargs["large"] = args.large
     module.run(out, args.quick, **kwargs)
     print(out.with_suffix(".md").read_text())
     print(f"wrote {out}")
