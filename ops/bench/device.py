@@ -62,14 +62,15 @@ async def _run(s: Settings, devices: int) -> dict[str, Any]:
     for k, device_id in enumerate(device_ids[:devices]):
         print(f"[bench device] device {k + 1}/{devices}", file=sys.stderr, flush=True)
         device = Device(runtime, device_pseudonym(s.pseudonym_key, device_id), device_id)
-        for plan in plans[:-1]:
+        for n, plan in enumerate(plans):
             for did, events in plan.by_device:
                 if did == device_id:
                     await device.on_actions(DeviceActions(did, list(events), plan.day))
             state = await device.state()
-            await device.on_notice(DownNotice(device.pseudonym, state.request, state.day, "exhausted"))
-            await device.on_day_end(plan.day)
-        state = await device.state()
+            if n < len(plans) - 1:  # earlier days: nothing matched, the day closes
+                await device.on_notice(DownNotice(device.pseudonym, state.request, state.day, "exhausted"))
+                await device.on_day_end(plan.day)
+        state = await device.state()  # the last day's pull is open: the 12 batches answer it
         matched = _matched(device_ids[devices:], by_user, s, 300, (state.day - 1) * 86_400, History, event_to_sample)
         start = time.perf_counter()
         for b in range(12):
