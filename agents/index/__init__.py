@@ -195,7 +195,9 @@ def open_index(url: str, dim: int, state_dir: Path, api_key: str | None = None) 
         from agents.index.exact import ExactIndex
 
         return ExactIndex(dim)
-    raise ValueError(f"unknown vector index URL {url!r}: expected edge://, http(s)://, memory://, qdrant-local://, exact://")
+    raise ValueError(
+        f"unknown vector index URL {url!r}: expected edge://, http(s)://, memory://, qdrant-local:// or exact://"
+    )
 
 
 __all__ = [

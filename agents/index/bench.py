@@ -23,7 +23,9 @@ SLOW_SCHEMES = ("memory", "qdrant-local")  # qdrant-client local mode: brute for
 _UPSERT_BATCH = 10_000
 
 
-def clustered_vectors(n: int, dim: int, seed: int, n_clusters: int | None = None, concentration: float = 20.0) -> np.ndarray:
+def clustered_vectors(
+    n: int, dim: int, seed: int, n_clusters: int | None = None, concentration: float = 20.0
+) -> np.ndarray:
     """Non-negative, L1-normalised vectors like mean tag histograms, drawn around Dirichlet cluster centres."""
     rng = np.random.default_rng(seed)
     n_clusters = n_clusters or max(8, int(np.sqrt(n) / 2))
@@ -94,7 +96,9 @@ def _disk_mb(path: Path) -> float:
     return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def _bench_one(url: str, dim: int, points: list[UserPoint], queries: Sequence[SearchQuery], truth: list[list[Neighbour]]) -> dict[str, Any]:
+def _bench_one(
+    url: str, dim: int, points: list[UserPoint], queries: Sequence[SearchQuery], truth: list[list[Neighbour]]
+) -> dict[str, Any]:
     state = Path(tempfile.mkdtemp(prefix="coda-bench-"))
     try:
         index = open_index(url, dim, state)

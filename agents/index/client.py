@@ -83,7 +83,9 @@ class ClientIndex(VectorIndex):
         keep, drop = split_usable(points, self.dim)
         self.delete(drop)
         for batch in chunks(keep, _BATCH):
-            structs = [models.PointStruct(id=str(point_id(p.user)), vector=arr.tolist(), payload=payload(p)) for p, arr in batch]
+            structs = [
+                models.PointStruct(id=str(point_id(p.user)), vector=arr.tolist(), payload=payload(p)) for p, arr in batch
+            ]
             self._client.upsert(self.collection, structs, wait=True)
 
     def delete(self, users: Iterable[str]) -> None:
