@@ -14,6 +14,9 @@ from streams.schemas import (
 )
 
 
+DONE_KEEP = 256  # answered request ids remembered per device (12 a day for the 7-day window, and slack)
+
+
 def register(ctx: CloudContext) -> None:
     devices = ctx.table("devices")
     s = ctx.settings
@@ -32,17 +35,17 @@ def register(ctx: CloudContext) -> None:
     async def _on_pull(pull: DevicePull) -> None:
         key = pull.device.encode()
         state = devices.get(key) or DeviceState(pull.user)
+        if pull.request_id in state.done or any(p.request_id == pull.request_id for p in state.pending):
+            ctx.stage("assemble").extra["duplicate_pulls"] += 1  # redelivered: answered or being answered
+            return
         quota = DailyQuota(state.day, state.used).on(pull.day)
         remaining = min(quota.remaining(s.batches_per_day), pull.max_batches)
         if remaining <= 0:
             await _notice(pull.device, pull.request_id, pull.day, "quota", quota.used)
             return
-        if any(p.request_id == pull.request_id for p in state.pending):
-            ctx.stage("assemble").extra["duplicate_pulls"] += 1
-            return
         pending = PendingGather(pull.request_id, pull.day, 0, [], [], [])
         devices[key] = DeviceState(pull.user, quota.day, quota.used, state.sent_ids, state.sent_ts,
-                                   [*state.pending, pending])
+                                   [*state.pending, pending], state.done)
         capacity = remaining * s.batch_size
         await ctx.send("match-requests", pull.user,
                        MatchRequest(pull.request_id, pull.user, pull.device, pull.day, capacity))
@@ -60,7 +63,7 @@ def register(ctx: CloudContext) -> None:
         others = [p for p in state.pending if p.request_id != pending.request_id]
         if len(pending.got) < pending.parts:
             devices[key] = DeviceState(state.user, state.day, state.used, state.sent_ids, state.sent_ts,
-                                       [*others, pending])
+                                       [*others, pending], state.done)
             return
         await _deliver(answer.device, state, pending, others)
 
@@ -83,7 +86,8 @@ def register(ctx: CloudContext) -> None:
             sent.update((x.sample_id, x.ts) for x in batch)
         quota = quota.spend(len(batches))
         devices[device.encode()] = DeviceState(state.user, quota.day, quota.used, list(sent),
-                                               list(sent.values()), others)
+                                               list(sent.values()), others,
+                                               [*state.done, pending.request_id][-DONE_KEEP:])
         ctx.stage("assemble").extra["batches"] += len(batches)
         if not batches:
             await _notice(device, pending.request_id, pending.day, "exhausted", quota.used)

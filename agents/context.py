@@ -70,6 +70,12 @@ class CloudContext:
         # Faust derives serializers from model types (json otherwise); set them before the
         # changelog topic is first created so changelog and recovery use our codec.
         table.key_serializer, table.value_serializer = "raw", "coda"
+        # ...but App.Table has already built the changelog topic with Faust's json defaults
+        # (TableManager.add reads it), and recovery decodes changelog records with that topic's
+        # schema: without this, a restarted worker dropped every record and never finished recovery.
+        changelog = table.changelog_topic
+        changelog.schema.update(key_serializer="raw", value_serializer="coda")
+        changelog.key_serializer, changelog.value_serializer = "raw", "coda"
         return table
 
     async def send(self, name: str, key: str, record: Record, partition: int | None = None) -> None:

@@ -85,7 +85,11 @@ def register(ctx: CloudContext) -> faust.Table:
                 ctx.stage("neighbours").processed += 1
 
     def _answer(query: NeighbourQuery) -> NeighbourSamples:
-        """Each neighbour's newest in-window samples this device was not served yet."""
+        """Each neighbour's newest in-window samples this device was not served yet.
+
+        Idempotent under redelivery: a query whose request already took samples of a neighbour
+        gets exactly those again (marking the next ones as served would lose them for good).
+        """
         picked: list[SampleRecord] = []
         for neighbour in query.neighbours:
             state = users.get(neighbour.encode())
@@ -94,12 +98,18 @@ def register(ctx: CloudContext) -> faust.Table:
             recent = [r.to_sample() for r in state.recent]
             served_key = f"{query.device}|{neighbour}".encode()
             before = served.get(served_key) or IdList()
+            reqs = before.reqs if len(before.reqs) == len(before.ids) else [""] * len(before.ids)
+            taken = {i for i, r in zip(before.ids, reqs, strict=True) if r == query.request_id}
+            if taken:  # redelivered: the same answer, newest first as before
+                ctx.stage("neighbours").extra["redelivered_queries"] += 1
+                picked.extend(SampleRecord.of(c) for c in reversed(recent) if c.sample_id in taken)
+                continue
             already = {i for i, ts in zip(before.ids, before.ts, strict=True) if ts >= query.since_ts}
             chosen = most_recent_unserved(recent, already, query.want, query.since_ts)
             if chosen:
-                kept = [(i, t) for i, t in zip(before.ids, before.ts, strict=True) if t >= query.since_ts]
-                kept += [(c.sample_id, c.ts) for c in chosen]
-                served[served_key] = IdList([i for i, _ in kept], [t for _, t in kept])
+                kept = [(i, t, r) for i, t, r in zip(before.ids, before.ts, reqs, strict=True) if t >= query.since_ts]
+                kept += [(c.sample_id, c.ts, query.request_id) for c in chosen]
+                served[served_key] = IdList([i for i, _, _ in kept], [t for _, t, _ in kept], [r for _, _, r in kept])
                 picked.extend(SampleRecord.of(c) for c in chosen)
         return NeighbourSamples(query.request_id, query.device, query.user, query.day, query.parts,
                                 picked, query.part, query.neighbours, query.ranks)

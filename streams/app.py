@@ -9,7 +9,9 @@ from faust.auth import SASLCredentials, SSLCredentials
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streams.kafka import bootstrap_servers, ssl_context
+from aiokafka import TopicPartition
+
+from streams.kafka import bootstrap_servers, consumer, read_last_batches, ssl_context
 from streams.settings import Settings
 from streams.topics import Topics, load_topics
 
@@ -21,6 +23,34 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = self.app.conf.coda_fetch_max_wait_ms  # noqa: SLF001 - read at start()
         return consumer
+
+    async def _highwaters(self, partitions: Any) -> Any:
+        """End offsets for table recovery, corrected for Tansu (see `true_highwaters`)."""
+        reported = await super()._highwaters(partitions)
+        if self.consumer.in_transaction:
+            return reported
+        return await true_highwaters(self.app.conf.coda_settings, reported)
+
+
+async def true_highwaters(settings: Settings, reported: Any) -> dict[Any, int]:
+    """Correct ListOffsets(latest) by reading each partition's last record batch.
+
+    Faust recovers a table by reading its changelog up to the reported end offset. Tansu 0.6
+    reports the *base offset of the last record batch* + 1, so without this a restarted
+    worker stopped recovery at the first record of the last batch and silently lost the
+    rest (measured: 397 of 500 counter increments recovered). On a real Kafka this changes
+    nothing. Keys keep the caller's partition type (Faust's TP or aiokafka's TopicPartition).
+    """
+    wanted = {TopicPartition(tp.topic, tp.partition): tp for tp, end in reported.items() if end}
+    if not wanted:
+        return dict(reported)
+    client = consumer(settings, enable_auto_commit=False)
+    await client.start()
+    try:
+        ends = await read_last_batches(client, {tp: reported[orig] for tp, orig in wanted.items()})
+    finally:
+        await client.stop()
+    return {**reported, **{wanted[tp]: end for tp, end in ends.items()}}
 
 
 class _Consumer(faust_aiokafka.Consumer):
@@ -78,6 +108,7 @@ def create_app(settings: Settings, topics: Topics | None = None, app_id: str | N
     )
     app.conf.coda_topics = topics  # type: ignore[attr-defined]
     app.conf.coda_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
+    app.conf.coda_settings = settings  # type: ignore[attr-defined] - true_highwaters needs the clients' options
     return app
 
 

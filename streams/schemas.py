@@ -320,6 +320,7 @@ class IdList(Record):
     KIND: ClassVar[str] = "state.ids"
     ids: list[str] = field(default_factory=list)
     ts: list[int] = field(default_factory=list)
+    reqs: list[str] = field(default_factory=list)  # the request that took each id (served sets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +355,7 @@ class DeviceState(Record):
     sent_ids: list[str] = field(default_factory=list)
     sent_ts: list[int] = field(default_factory=list)
     pending: list[PendingGather] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)  # recently answered request ids: a redelivered pull is a no-op
 
 
 REGISTRY: dict[tuple[str, int], type[Record]] = {

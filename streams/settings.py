@@ -75,6 +75,8 @@ class Settings:
     # arm (cloud | local | coda | coda_nofilter | coda_random) from a hash of (arm_seed, pseudonym)
     arm_mode: str = field(default="coda", metadata=_env("arm_mode"))
     arm_seed: int = field(default=0, metadata=_env("arm_seed"))
+    # which CTR-model parameters Algorithm 3 personalizes: "all" (the paper) | "mlp" | "head"
+    personalize: str = field(default="all", metadata=_env("personalize"))
     open_databases: int = field(default=64, metadata=_env("open_databases"))
     torch_threads: int = field(default=1, metadata=_env("torch_threads"))
     # --- Faust / broker timeouts (Tansu joins are slow with Faust's defaults) ---------------

@@ -1,0 +1,149 @@
+"""`coda experiment`: the paper's arms and controls as a bucket test through the real pipeline, with a report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+QUICK = {"movielens-100k": {"users": 300, "seeds": 2}, "synthetic": {"users": 120, "seeds": 2}}
+SWEEP_K = (10, 30, 100)
+SWEEP_SIGMA = (0.05, 0.2, 0.5)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="movielens-100k", help="movielens-100k (default) | synthetic")
+    parser.add_argument("--out", type=Path, default=Path("out/experiment"), help="directory for the report")
+    parser.add_argument("--seeds", type=int, default=3, help="pipeline runs; seed s rotates the arms by s "
+                        "(5 seeds put every user once in every arm)")
+    parser.add_argument("--k", type=int, help="K nearest users (default: the paper's 100 on movielens-100k, "
+                        "20 on synthetic, below its group size of 50)")
+    parser.add_argument("--sigma", type=float, default=0.2, help="filter threshold σ (paper: 0.2)")
+    parser.add_argument("--users", type=int, help="keep this many users (movielens: a hashed subset; "
+                        "synthetic: generated users, default 400)")
+    parser.add_argument("--history-share", type=float, default=0.6,
+                        help="share of the event-time span that is the cloud's history (global time split)")
+    parser.add_argument("--top-n", type=int, default=3, help="online analogue: top-n scored items per user-day")
+    parser.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates for the CIs")
+    parser.add_argument("--quick", action="store_true", help="a small, fast run (fewer users, 2 seeds)")
+    parser.add_argument("--offline", action="store_true",
+                        help="also run the offline (batch) reference on the same split and report agreement")
+    parser.add_argument("--sweep", action="store_true",
+                        help=f"K × σ sweep ({SWEEP_K} × {SWEEP_SIGMA}) with the offline reference")
+    parser.add_argument("--parallel", type=int, default=3, help="seeds whose pipelines run at once "
+                        "(1: one after another, leanest; default 3 fits the 20-minute budget on 2 cores)")
+    parser.add_argument("--tune", action="store_true", help="score training-schedule variants on a split of "
+                        "the history only (offline engine; never the test events)")
+    parser.add_argument("--keep-state", action="store_true", help="keep each seed's device databases")
+    parser.add_argument("--index-url", default="", help="vector index for the runs (default: the settings')")
+
+
+def params_from(args: argparse.Namespace) -> Any:
+    from ops.experiment import DEFAULT_K, Params
+
+    quick = QUICK.get(args.dataset, {}) if args.quick else {}
+    seeds = quick.get("seeds", args.seeds)
+    k = args.k or DEFAULT_K.get(args.dataset, 100)
+    return Params(dataset=args.dataset, seeds=tuple(range(seeds)), k=k, sigma=args.sigma,
+                  users=args.users or quick.get("users"), history_share=args.history_share, top_n=args.top_n,
+                  bootstrap=args.replicates, index_url=args.index_url)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.experiment import prepare, stderr_say
+
+    say = stderr_say("experiment")
+    params = params_from(args)
+    t0 = time.monotonic()
+    split = prepare(params)
+    say(f"{split.name}: {len(split.history)} history days, {len(split.live)} live days, "
+        f"{len(split.live_users)} live users; seeds {list(params.seeds)}")
+    results = run_experiment(settings, split, params, say, args.offline, args.keep_state, args.parallel)
+    if args.sweep:
+        results["sweep"] = sweep(settings, split, params, say)
+    if args.tune:
+        from ops.tuning import tune
+
+        results["tune"] = tune(settings, split, params, say)
+    results["elapsed_s"] = round(time.monotonic() - t0, 1)
+    from ops import expreport
+
+    expreport.write(results, args.out, results.pop("offline", None))
+    say(f"done in {results['elapsed_s']} s: {args.out / 'report.md'}")
+    print(json.dumps(headline(results), indent=1))
+    return 0
+
+
+def run_experiment(settings: Settings, split: Any, params: Any, say: Any, offline: bool = False,
+                   keep_state: bool = False, parallel: int = 1) -> dict[str, Any]:
+    """Streaming runs for every seed, then the analysis (and the offline agreement if asked)."""
+    from ops import expreport
+    from ops.experiment import eval_rows, run_streaming
+
+    runs = run_streaming(settings, split, params, say, keep_state, parallel=parallel)
+    rows = [r for run in runs for r in eval_rows(run.seed, run.devices, split.cut_day)]
+    logs = [stream_logs(run) for run in runs]
+    key = runs[0].pseudonym_key
+    results = expreport.analyse(rows, split, params, logs, key)
+    results["runs"] = [{"seed": r.seed, "namespace": r.namespace, "global_model": r.global_model,
+                        "timings_s": {k: round(v, 1) for k, v in r.timings.items()}, "fleet": r.fleet_stats}
+                       for r in runs]
+    if offline:
+        from ops.offline import run_offline
+
+        off_rows = []
+        for seed in params.seeds:
+            off = run_offline(split, params.settings_for(settings, "offline", seed), seed, params.global_seed)
+            off_rows += off.rows
+        results["offline"] = expreport.agreement(rows, off_rows)
+    return results
+
+
+def stream_logs(run: Any) -> Any:
+    from ops.expreport import SeedLogs
+
+    return SeedLogs(run.seed, {d.pseudonym: d.arm for d in run.devices},
+                    {d.pseudonym: d.user_id for d in run.devices}, {d.pseudonym: d.kept_ids for d in run.devices},
+                    [(b.device, b.user, list(b.sample_ids), list(b.sample_owners)) for b in run.batches],
+                    [(m.user, list(m.neighbours)) for m in run.matches],
+                    {d.pseudonym: d.trains for d in run.devices})
+
+
+def sweep(settings: Settings, split: Any, params: Any, say: Any) -> dict[str, Any]:
+    """K × σ with the offline reference (it reproduces the stream's scores; see tests/ops/test_experiment.py)."""
+    from core.arms import ARMS
+    from ops import abtest
+    from ops.offline import run_offline
+
+    out: dict[str, Any] = {"engine": "offline reference", "grid": []}
+    for k in SWEEP_K:
+        for sigma in SWEEP_SIGMA:
+            p = replace(params, k=k, sigma=sigma)
+            rows = []
+            for seed in params.seeds:
+                rows += run_offline(split, p.settings_for(settings, "sweep", seed), seed, p.global_seed).rows
+            us = abtest.units(rows, p.top_n)
+            by_arm = {arm: [u for u in us if u.arm == arm] for arm in ARMS}
+            cell = {"k": k, "sigma": sigma,
+                    "coda": abtest.point_metrics(by_arm["coda"]),
+                    "coda_vs_cloud": abtest.paired_lift(by_arm["coda"], by_arm["cloud"], 200),
+                    "coda_vs_local": abtest.paired_lift(by_arm["coda"], by_arm["local"], 200)}
+            out["grid"].append(cell)
+            say(f"sweep K={k} σ={sigma}: coda GAUC {cell['coda']['gauc']}")
+    return out
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    arms = {arm: {m: results["arms"][arm][m]["value"] for m in ("gauc", "auc", "logloss")}
+            for arm in results["arms"]}
+    lifts = {name: {m: lift.get(m, {}).get("value") if isinstance(lift.get(m), dict) else None
+                    for m in ("gauc", "ctr_top")} for name, lift in results["lifts"].items()}
+    return {"arms": arms, "lifts": lifts, "elapsed_s": results.get("elapsed_s")}
