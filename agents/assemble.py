@@ -44,11 +44,12 @@ def register(ctx: CloudContext) -> None:
             await _notice(pull.device, pull.request_id, pull.day, "quota", quota.used)
             return
         pending = PendingGather(pull.request_id, pull.day, 0, [], [], [])
-        devices[key] = DeviceState(pull.user, quota.day, quota.used, state.sent_ids, state.sent_ts,
-                                   [*state.pending, pending], state.done)
         capacity = remaining * s.batch_size
+        # output before state: a pending request whose match request was lost would wait forever
         await ctx.send("match-requests", pull.user,
                        MatchRequest(pull.request_id, pull.user, pull.device, pull.day, capacity))
+        devices[key] = DeviceState(pull.user, quota.day, quota.used, state.sent_ids, state.sent_ts,
+                                   [*state.pending, pending], state.done)
 
     async def _on_answer(answer: NeighbourSamples) -> None:
         key = answer.device.encode()

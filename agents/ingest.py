@@ -33,10 +33,10 @@ def register(ctx: CloudContext) -> None:
                     user = user_pseudonym(key, user_id)
                     state = histories.get(user.encode()) or HistoryState()
                     samples, state = build_samples(user, events, state, ctx.settings.features)
-                    histories[user.encode()] = state
-                    if samples:
+                    if samples:  # output before state: a crash in between re-sends, never loses
                         batch = SampleBatch(user, device, [SampleRecord.of(s) for s in samples])
                         await ctx.send("samples", user, batch)
+                    histories[user.encode()] = state
                     ctx.stage("ingest").extra["samples"] += len(samples)
             elif isinstance(record, PullRequest):
                 pull = DevicePull(record.request_id, device_pseudonym(key, record.device_id),

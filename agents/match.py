@@ -46,10 +46,11 @@ def register(ctx: CloudContext, users: faust.Table) -> None:
             ctx.stage("match").extra["cache_hits"] += 1
             return hit
         neighbours, scores = await knn(request.user, request.day)
-        matches[key] = remember(cache, request.day, neighbours, s.match_window_days)
         asof = request.day - 1 if request.reason == "rematch" else request.day
+        # output before state: a cached match is always on the matches topic (the audit trail)
         await ctx.send("matches", request.user,
                        MatchResult(request.user, request.day, neighbours, scores, asof))
+        matches[key] = remember(cache, request.day, neighbours, s.match_window_days)
         return neighbours
 
     async def knn(user: str, day: int) -> tuple[list[str], list[float]]:

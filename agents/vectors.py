@@ -55,12 +55,12 @@ def register(ctx: CloudContext) -> faust.Table:
                 key = record.user.encode()
                 state, fresh = fold(users.get(key), [r.to_sample() for r in record.samples],
                                     s.features, s.match_window_days, record.device)
-                users[key] = state
                 ctx.stage("vectors").extra["duplicate_samples"] += len(record.samples) - fresh
-                if fresh:
+                if fresh:  # output before state: a crash in between re-publishes, never loses
                     vector = UserVector(record.user, [t / state.count for t in state.total],
                                         state.count, state.last_ts)
                     await ctx.send("user-vectors", record.user, vector)
+                users[key] = state
             elif isinstance(record, DayEnd):
                 await _rematch_active(event.message.partition, record.day)
             if record is not None:

@@ -175,13 +175,23 @@ def bad_message(envelope: UpEnvelope, rng: random.Random, settings: Settings, to
 
 
 # --------------------------------------------------------------------------- redelivery noise
-def duplicates(plan: DayPlan, earlier: Sequence[DayPlan], rng: random.Random, n: int) -> list[Injected]:
+NOISE_KINDS = ("duplicate", "shuffled_duplicate", "late_duplicate", "unknown_device")
+# "unknown_device" re-reports a user's events from another device, so from another `up` partition.
+# Ingest keeps each user's history in a table keyed by user but fed from the device-keyed stream:
+# one worker that never restarts handles that, but a restart (table recovery replays the
+# changelog partition by partition) or a second worker can then see a stale history. Soaks
+# with kills leave it out unless asked (`coda chaos --multi-device`); see ops/cmd_chaos.py.
+SINGLE_DEVICE_NOISE = NOISE_KINDS[:3]
+
+
+def duplicates(plan: DayPlan, earlier: Sequence[DayPlan], rng: random.Random, n: int,
+               kinds: Sequence[str] = NOISE_KINDS) -> list[Injected]:
     """Valid envelopes that add nothing: exact, shuffled, late (earlier days) and unknown-device copies."""
     out: list[Injected] = []
     pool = list(plan.by_device)
     old = [pair for p in earlier for pair in p.by_device]
     for i in range(n):
-        category = rng.choice(["duplicate", "shuffled_duplicate", "late_duplicate", "unknown_device"])
+        category = rng.choice(list(kinds))
         device, events = rng.choice(old) if category == "late_duplicate" and old else rng.choice(pool)
         evs = list(events)
         if category != "duplicate":
@@ -209,7 +219,11 @@ class Expected:
     """What the cloud must derive from the plans: samples per user and each user's vector."""
 
     vectors: dict[str, tuple[int, list[float]]]  # user pseudonym -> (count, mean vector)
-    sample_ids: set[str]
+    samples: dict[str, Any]  # sample id -> core.sample.Sample
+
+    @property
+    def sample_ids(self) -> set[str]:
+        return set(self.samples)
 
 
 def expected_state(plans: Sequence[DayPlan], settings: Settings) -> Expected:
@@ -217,7 +231,7 @@ def expected_state(plans: Sequence[DayPlan], settings: Settings) -> Expected:
     key, space = settings.pseudonym_key, settings.features
     histories: dict[str, HistoryState] = {}
     users: dict[str, UserState] = {}
-    ids: set[str] = set()
+    ids: dict[str, Any] = {}
     for plan in plans:
         for device, events in plan.by_device:
             by_user: dict[str, list[BehaviourEvent]] = {}
@@ -229,7 +243,7 @@ def expected_state(plans: Sequence[DayPlan], settings: Settings) -> Expected:
                 if samples:
                     users[user], _ = fold(users.get(user), samples, space, settings.match_window_days,
                                           device_pseudonym(key, device))
-                    ids.update(s.sample_id for s in samples)
+                    ids.update((s.sample_id, s) for s in samples)
     vectors = {u: (st.count, [t / st.count for t in st.total]) for u, st in users.items() if st.count}
     return Expected(vectors, ids)
 
@@ -250,6 +264,16 @@ def compare_vectors(run: RunRecords, expected: dict[str, tuple[int, list[float]]
             wrong.append(user)
     return {"users": len(expected), "missing": missing[:5], "extra": extra[:5], "wrong": sorted(wrong)[:5],
             "max_abs_error": worst, "ok": not (missing or extra or wrong)}
+
+
+def compare_samples(run: RunRecords, expected: Expected) -> dict[str, Any]:
+    """The log's samples (first copy per id) against the pure replay's: same ids and the same features."""
+    differ = [i for i, s in run.samples.items() if i in expected.samples and s != expected.samples[i]]
+    return {"samples": len(run.samples), "expected": len(expected.samples),
+            "missing": sorted(set(expected.samples) - set(run.samples))[:5],
+            "extra": sorted(set(run.samples) - set(expected.samples))[:5],
+            "different_features": len(differ), "example": differ[:3],
+            "ok": set(run.samples) == set(expected.samples) and not differ}
 
 
 def distinct_letters(run: RunRecords, topic: str) -> dict[tuple[int, int], Any]:
@@ -318,6 +342,7 @@ class ChaosRun:
     bad_per_day: int = 0
     oversize_per_day: int = 0  # bad messages over max_envelope_bytes (about 1 MB each)
     noise_per_day: int = 0  # valid no-op envelopes per day
+    noise_kinds: Sequence[str] = NOISE_KINDS
     ghost_pulls_per_day: int = 0
     repeat_pulls: bool = False  # re-send the previous round's pull requests (redelivery)
     shuffle_events: bool = False  # send each envelope's events in random order
@@ -373,7 +398,7 @@ class ChaosRun:
             device, events = rng.choice(plan.by_device)
             traffic.append(bad_message(UpEnvelope(device, list(events), events[-1].ts), rng, self.settings,
                                        self.topics, "oversize"))
-        traffic += duplicates(plan, earlier, rng, self.noise_per_day)
+        traffic += duplicates(plan, earlier, rng, self.noise_per_day, self.noise_kinds)
         rng.shuffle(traffic)
         for item in traffic:
             if item.category != "valid":

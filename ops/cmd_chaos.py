@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kills", type=int, default=2,
                         help="SIGKILL a worker this many times, alternately mid-ingest and mid-assemble, and restart it")
     parser.add_argument("--bad-share", type=float, default=0.8, help="share of --messages that are invalid")
+    parser.add_argument("--multi-device", action="store_true",
+                        help="also re-report users' events from unknown devices (other `up` partitions); with "
+                             "--kills this exposes the user-keyed ingest history fed from the device-keyed stream")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--namespace", help="namespace (default: chaos-<time>)")
     parser.add_argument("--out", type=Path, help="also write the summary JSON here")
@@ -49,7 +52,16 @@ def _say(message: str) -> None:
 async def _soak(args: argparse.Namespace, settings: Settings, root: Settings) -> dict[str, Any]:
     from ops import stack
     from ops.chaos import (
-        ChaosRun, Kill, chaos_plans, compare_vectors, dead_letter_mismatch, distinct_letters, expected_state,
+        NOISE_KINDS,
+        SINGLE_DEVICE_NOISE,
+        ChaosRun,
+        Kill,
+        chaos_plans,
+        compare_samples,
+        compare_vectors,
+        dead_letter_mismatch,
+        distinct_letters,
+        expected_state,
         reconcile,
     )
     from ops.checks import batch_rules, vector_parity
@@ -74,9 +86,10 @@ async def _soak(args: argparse.Namespace, settings: Settings, root: Settings) ->
                  for i in range(args.kills)]
         _say(f"namespace {s.topic_prefix}: {sum(p.events for p in plans)} events over {days} days, "
              f"~{bad} bad + ~{noise + ghosts} redelivered/unknown-device messages a day, {len(kills)} kill(s)")
+        kinds = NOISE_KINDS if args.multi_device or not kills else SINGLE_DEVICE_NOISE
         chaos = ChaosRun(s, topics, workers=args.workers, bad_per_day=bad, oversize_per_day=1, noise_per_day=noise,
-                         ghost_pulls_per_day=ghosts, repeat_pulls=True, shuffle_events=True, pull_batches=1,
-                         kills=kills, seed=args.seed, say=_say)
+                         noise_kinds=kinds, ghost_pulls_per_day=ghosts, repeat_pulls=True, shuffle_events=True,
+                         pull_batches=1, kills=kills, seed=args.seed, say=_say)
         stats = await chaos.run(plans)
         run = await collect(s, topics)
     finally:
@@ -92,8 +105,7 @@ async def _soak(args: argparse.Namespace, settings: Settings, root: Settings) ->
                          "ok": letters["raw_equal"] and letters["reasons_equal"] and letters["all_have_origin"]
                          and letters["letters"] == ledger.invalid},
         "vectors_vs_pure_replay": compare_vectors(run, expected.vectors),
-        "samples_vs_pure_replay": {"samples": len(run.samples), "expected": len(expected.sample_ids),
-                                   "ok": set(run.samples) == expected.sample_ids},
+        "samples_vs_pure_replay": compare_samples(run, expected),
         "vector_parity": vector_parity(run, s.features),
         "batches": {**batch_rules(run, s.batch_size, s.batch_max, s.batches_per_day), "resent_after_kill": resent},
     }
