@@ -112,7 +112,7 @@ def issue(files_dir: Path, name: str, ca_cert: Path, ca_key: Path, server: bool 
     authority = x509.load_pem_x509_certificate(ca_cert.read_bytes())
     authority_key = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (x509.CertificateBuilder().subject_name(_name(f"coda {name}"))  # type: ignore[arg-type]
                .issuer_name(authority.subject).public_key(key.public_key())
                .serial_number(x509.random_serial_number())
@@ -139,7 +139,7 @@ def make_ca(files_dir: Path, common: str = "coda local CA") -> tuple[Path, Path]
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     name = _name(common)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)  # type: ignore[arg-type]
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -171,8 +171,10 @@ def client_settings(settings: Settings, files: TlsFiles) -> Settings:
 
 
 def env_lines(files: TlsFiles) -> list[str]:
-    return [f"export CODA_SECURITY_PROTOCOL=SSL CODA_SSL_CAFILE={files.ca} CODA_SSL_CERTFILE={files.client} "
-            f"CODA_SSL_KEYFILE={files.client_key}"]
+    """The shell line that points every `coda` client at the stack's certificates."""
+    line = (f"export CODA_SECURITY_PROTOCOL=SSL CODA_SSL_CAFILE={files.ca} CODA_SSL_CERTFILE={files.client} "
+            f"CODA_SSL_KEYFILE={files.client_key}")
+    return [line]
 
 
 # --------------------------------------------------------------------------- the terminator
@@ -223,7 +225,7 @@ class Terminator:
             log.warning("refused a client at %s: %s", peer, exc.reason or exc)
             sock.close()
             return
-        except (ConnectionError, OSError, asyncio.TimeoutError) as exc:  # e.g. a port probe
+        except (TimeoutError, ConnectionError, OSError) as exc:  # e.g. a port probe
             log.info("client at %s left before completing a TLS handshake (%s)", peer, type(exc).__name__)
             sock.close()
             return
@@ -257,7 +259,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 def spawn(files: TlsFiles, listen_port: int, upstream_port: int, log_path: Path) -> subprocess.Popen[bytes]:
     """The terminator as its own process (it outlives the CLI, like the broker; `down` stops it)."""
     with open(log_path, "ab") as out:
-        return subprocess.Popen(  # noqa: S603 - this module
+        return subprocess.Popen(
             [sys.executable, "-m", "ops.tls", "--listen", f"127.0.0.1:{listen_port}",
              "--upstream", f"127.0.0.1:{upstream_port}", "--dir", str(files.directory)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,

@@ -5,11 +5,21 @@ from __future__ import annotations
 import random
 
 import msgpack
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from relhelp import PULL_BATCHES, Reference, namespace
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from agents.ingest import build_samples
-from ops.chaos import MUTATIONS, ChaosRun, compare_vectors, dead_letter_mismatch, expected_state, mutate, reconcile
+from ops.chaos import (
+    MUTATIONS,
+    ChaosRun,
+    compare_vectors,
+    dead_letter_mismatch,
+    expected_state,
+    mutate,
+    reconcile,
+)
 from ops.exports import collect
 from streams.schemas import BehaviourEvent, HistoryState, SchemaError, UpEnvelope, decode, encode
 from streams.settings import Settings

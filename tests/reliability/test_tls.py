@@ -51,7 +51,7 @@ async def _refused(settings: Settings) -> str:
     client = AIOKafkaProducer(**client_options(settings), request_timeout_ms=5000)
     try:
         await asyncio.wait_for(client.start(), 20)
-    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, KafkaError, OSError) as exc:
         return f"{type(exc).__name__}: {exc}"
     finally:
         await client.stop()
@@ -74,7 +74,7 @@ async def test_clients_without_a_valid_certificate_are_refused(tls_stack: tuple[
     await asyncio.sleep(0.5)
     log = (state / "tls.log").read_text()
     for reason in ("WRONG_VERSION_NUMBER", "PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_VERIFY_FAILED"):
-        assert f"refused a client at ('127.0.0.1', " in log and reason in log, log[-2000:]
+        assert "refused a client at ('127.0.0.1', " in log and reason in log, log[-2000:]
 
 
 async def test_system_clients_and_a_faust_agent_work_through_tls(tls_stack: tuple[Path, Settings]) -> None:
