@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import time
@@ -533,10 +534,11 @@ async def read_devices(state_dir: Path) -> list[DeviceExport]:
 
 
 def write_evaluations(devices: Iterable[DeviceExport], path: Path) -> int:
-    """JSON Lines, one progressive-validation row per line, with the device's arm and user."""
+    """JSON Lines (gzip if the name ends in .gz), one progressive-validation row per line, with the
+    device's arm and user."""
     n = 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    with (gzip.open(path, "wt") if path.suffix == ".gz" else open(path, "w")) as f:
         for d in devices:
             for sample_id, ts, label, score, version in d.evaluations:
                 f.write(json.dumps({"device": d.pseudonym, "arm": d.arm, "user_id": d.user_id,

@@ -13,7 +13,7 @@ from core.metrics import LOGLOSS_EPS, auc
 from ops.experiment import EvalRow
 
 ONLINE = ("ctr_top", "clicks_per_user_day", "share_clicking")
-OFFLINE = ("gauc", "auc", "logloss")
+OFFLINE = ("gauc", "gauc_user_day", "auc", "logloss")
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Unit:
     scores: np.ndarray
     days: np.ndarray
     auc: float | None
+    day_auc: tuple[float, int]  # Σ n·AUC and Σ n over the user's days with both classes
     loss_sum: float
     clicks: int  # clicks among each day's top-n scored events
     shown: int  # events in each day's top-n
@@ -49,6 +50,18 @@ def _top(labels: np.ndarray, scores: np.ndarray, ts: np.ndarray, days: np.ndarra
         clicks = int(labels[order].sum())
         out[int(day)] = (clicks, int(order.size), int(clicks > 0))
     return out
+
+
+def _day_auc(labels: np.ndarray, scores: np.ndarray, days: np.ndarray) -> tuple[float, int]:
+    """Per-day AUC of one user, impression-weighted: within a day one model scored every event."""
+    num, den = 0.0, 0
+    for day in np.unique(days):
+        mask = days == day
+        a = auc(labels[mask], scores[mask])
+        if a is not None:
+            num += a * int(mask.sum())
+            den += int(mask.sum())
+    return num, den
 
 
 def units(rows: Sequence[EvalRow], top_n: int, after_first_day: bool = False) -> list[Unit]:
@@ -77,7 +90,7 @@ def units(rows: Sequence[EvalRow], top_n: int, after_first_day: bool = False) ->
         by_day = _top(y, p, ts, d, top_n)
         clicks = sum(c for c, _, _ in by_day.values())
         shown = sum(s for _, s, _ in by_day.values())
-        out.append(Unit(seed, arm, user, y, p, d, auc(y, p), loss, clicks, shown, len(by_day),
+        out.append(Unit(seed, arm, user, y, p, d, auc(y, p), _day_auc(y, p, d), loss, clicks, shown, len(by_day),
                         sum(k for _, _, k in by_day.values()), by_day))
     return out
 
@@ -103,6 +116,8 @@ class Table:
     users: list[str]
     gauc_num: np.ndarray  # Σ n·auc over the user's units with both classes
     gauc_den: np.ndarray  # Σ n over those units
+    gud_num: np.ndarray  # the same over the user's days (one model per group)
+    gud_den: np.ndarray
     loss: np.ndarray
     n: np.ndarray
     clicks: np.ndarray
@@ -119,8 +134,8 @@ def table(us: Sequence[Unit], users: Sequence[str] | None = None) -> Table:
     users = list(users) if users is not None else sorted({u.user for u in us})
     pos = {u: i for i, u in enumerate(users)}
     k = len(users)
-    cols = {name: np.zeros(k) for name in ("gauc_num", "gauc_den", "loss", "n", "clicks", "shown",
-                                           "user_days", "click_days")}
+    cols = {name: np.zeros(k) for name in ("gauc_num", "gauc_den", "gud_num", "gud_den", "loss", "n", "clicks",
+                                           "shown", "user_days", "click_days")}
     labels, scores, owner = [], [], []
     for u in us:
         i = pos.get(u.user)
@@ -129,6 +144,8 @@ def table(us: Sequence[Unit], users: Sequence[str] | None = None) -> Table:
         if u.auc is not None:
             cols["gauc_num"][i] += u.n * u.auc
             cols["gauc_den"][i] += u.n
+        cols["gud_num"][i] += u.day_auc[0]
+        cols["gud_den"][i] += u.day_auc[1]
         cols["loss"][i] += u.loss_sum
         cols["n"][i] += u.n
         cols["clicks"][i] += u.clicks
@@ -150,6 +167,7 @@ def metrics(t: Table, w: np.ndarray) -> dict[str, np.ndarray]:
     """Every metric under user weights `w` (rows: replicates; a row of ones is the estimate)."""
     out = {
         "gauc": _ratio(w @ t.gauc_num, w @ t.gauc_den),
+        "gauc_user_day": _ratio(w @ t.gud_num, w @ t.gud_den),
         "logloss": _ratio(w @ t.loss, w @ t.n),
         "ctr_top": _ratio(w @ t.clicks, w @ t.shown),
         "clicks_per_user_day": _ratio(w @ t.clicks, w @ t.user_days),

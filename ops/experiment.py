@@ -10,13 +10,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.privacy import user_pseudonym
-from device.fleet import DeviceExport
 from ops.replay import DAY, DayPlan, plan_days
 from streams.schemas import BatchRecord, MatchResult
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from device.fleet import DeviceExport
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +43,22 @@ class Params:
     sigma: float = 0.2
     users: int | None = None  # keep this many users (deterministic by hash); None: all
     history_share: float = 0.6  # first share of event time: the cloud's pool; the rest is live
+    live_days: int | None = None  # only the first n live days (quick runs); None: all
     global_seed: int = 0  # the global model is the same in every seed: seeds vary arms and devices
     top_n: int = 3  # online analogue: each user's top-n scored items of a day are "shown"
     bootstrap: int = 1000
     synthetic: dict[str, Any] = field(default_factory=lambda: dict(SYNTHETIC_DEFAULTS))
     index_url: str = ""  # "": the settings' index
+    # how long an idle consumer waits in a fetch: with three pipelines on two cores, 20 ms made the
+    # broker answering empty fetches the busiest process; it changes latency, not results
+    fetch_max_wait_ms: int = 100
 
     def settings_for(self, root: Settings, namespace: str, seed: int) -> Settings:
         from ops.namespace import in_namespace
 
         scoped = in_namespace(root, namespace).replace(
-            pull_trigger="day_end", arm_mode="buckets", arm_seed=seed, k_neighbours=self.k, sigma=self.sigma)
+            pull_trigger="day_end", arm_mode="buckets", arm_seed=seed, k_neighbours=self.k, sigma=self.sigma,
+            fetch_max_wait_ms=self.fetch_max_wait_ms)
         return scoped.replace(index_url=self.index_url) if self.index_url else scoped
 
 
@@ -95,7 +102,7 @@ def prepare(params: Params) -> Split:
     first, last = plans[0].day, plans[-1].day
     cut_day = first + max(1, round((last - first + 1) * params.history_share))
     history = [p for p in plans if p.day < cut_day]
-    live = [p for p in plans if p.day >= cut_day]
+    live = [p for p in plans if p.day >= cut_day][: params.live_days]
     if not history or not live:
         raise ValueError(f"history share {params.history_share} leaves no history or no live days")
     return Split(params.dataset, events, data.groups, cut_day, history, live)
@@ -119,10 +126,8 @@ class SeedRun:
 async def run_seed(root: Settings, split: Split, params: Params, seed: int, namespace: str,
                    say: Say, keep_state: bool = False, bar: bool = True) -> SeedRun:
     """One full pipeline run: history → pool, train-global, live days with barriers, read-back."""
-    from ops.cmd_cloud import train_and_publish
-    from ops.pipeline import Processes, barrier
-    from ops.replay import Progress, Publisher
-    from ops.topicio import read_records
+    from ops.pipeline import Processes
+    from ops.replay import Publisher
     from streams.kafka import bootstrap_servers, ensure_topics
     from streams.topics import load_topics
 
@@ -135,60 +140,112 @@ async def run_seed(root: Settings, split: Split, params: Params, seed: int, name
     try:
         procs.spawn("worker", "0")
         async with Publisher(s, topics) as pub:
-            for plan in split.history:  # the pool needs no day ticks: no device pulls before the split
-                await pub.up(plan)
-            await barrier(s, topics, 1, False, procs)
-            timings["history_s"] = time.monotonic() - t0
-            t1 = time.monotonic()
-            model = await train_and_publish(s, split.history[-1].day, epochs=2, seed=params.global_seed)
-            timings["global_model_s"] = time.monotonic() - t1
+            model = await _pool(s, topics, split, params, pub, procs, timings)
             say(f"seed {seed}: global model {model['version']} (holdout AUC {model['holdout_auc']})")
             procs.spawn("fleet", "0")
-            t2 = time.monotonic()
-            progress = Progress(sum(p.events for p in split.live), f"seed {seed} live", force=bar)
-            async with DayBarrier(s, topics, procs) as quiet:
-                for n, plan in enumerate(split.live, 1):
-                    await pub.actions(plan)
-                    await quiet.wait()  # the cloud has the whole day before anyone pulls
-                    await pub.day_end("samples", plan.day)
-                    await pub.day_end("actions", plan.day)
-                    await quiet.wait()  # pulls answered, filtered, trained: the next day may start
-                    progress.advance(plan.events, f"day {n}/{len(split.live)}")
-                    if not bar and (n % 10 == 0 or n == len(split.live)):
-                        say(f"seed {seed}: live day {n}/{len(split.live)} ({time.monotonic() - t2:.0f} s)")
-            progress.close()
-            timings["live_s"] = time.monotonic() - t2
+            await _live(s, topics, split, seed, pub, procs, say, bar, timings)
     finally:
         procs.stop()
-    devices = await _read_devices(s)
-    batches = [r for r in await read_records(s, topics.name("batch-log")) if isinstance(r, BatchRecord)]
-    matches = [r for r in await read_records(s, topics.name("matches")) if isinstance(r, MatchResult)]
-    stats = _fleet_stats(s)
+    run = await _read_back(s, topics, seed, model, timings)
     timings["total_s"] = time.monotonic() - t0
     if not keep_state:
         shutil.rmtree(s.state_dir, ignore_errors=True)
-    return SeedRun(seed, s.topic_prefix, devices, batches, matches, model, timings, stats, s.pseudonym_key)
+    return run
+
+
+async def _pool(s: Settings, topics: Any, split: Split, params: Params, pub: Any, procs: Any,
+                timings: dict[str, float]) -> dict[str, Any]:
+    """History days up the tunnel into the cloud's pool, then the global model from it."""
+    from ops.cmd_cloud import train_and_publish
+    from ops.pipeline import barrier
+
+    t0 = time.monotonic()
+    for plan in split.history:  # the pool needs no day ticks: no device pulls before the split
+        await pub.up(plan)
+    await barrier(s, topics, 1, False, procs)
+    timings["history_s"] = time.monotonic() - t0
+    t1 = time.monotonic()
+    model = await train_and_publish(s, split.history[-1].day, epochs=2, seed=params.global_seed)
+    timings["global_model_s"] = time.monotonic() - t1
+    return model
+
+
+async def _live(s: Settings, topics: Any, split: Split, seed: int, pub: Any, procs: Any, say: Say, bar: bool,
+                timings: dict[str, float]) -> None:
+    """Live days as device actions: publish, barrier, day-end ticks (pulls), barrier."""
+    from ops.replay import Progress
+
+    t0 = time.monotonic()
+    progress = Progress(sum(p.events for p in split.live), f"seed {seed} live", force=bar)
+    async with DayBarrier(s, topics, procs) as quiet:
+        for n, plan in enumerate(split.live, 1):
+            await pub.actions(plan)
+            await quiet.wait()  # the cloud has the whole day before anyone pulls
+            await pub.day_end("samples", plan.day)
+            await pub.day_end("actions", plan.day)
+            await quiet.wait()  # pulls answered, filtered, trained: the next day may start
+            progress.advance(plan.events, f"day {n}/{len(split.live)}")
+            if not bar and (n % 10 == 0 or n == len(split.live)):
+                say(f"seed {seed}: live day {n}/{len(split.live)} ({time.monotonic() - t0:.0f} s)")
+    progress.close()
+    timings["live_s"] = time.monotonic() - t0
+
+
+async def _read_back(s: Settings, topics: Any, seed: int, model: dict[str, Any],
+                     timings: dict[str, float]) -> SeedRun:
+    """The devices' databases and the cloud's logs, once every process has stopped."""
+    from device.fleet import read_devices
+    from ops.topicio import read_records
+
+    devices = await read_devices(s.state_dir)
+    batches = [r for r in await read_records(s, topics.name("batch-log")) if isinstance(r, BatchRecord)]
+    matches = [r for r in await read_records(s, topics.name("matches")) if isinstance(r, MatchResult)]
+    return SeedRun(seed, s.topic_prefix, devices, batches, matches, model, timings, _fleet_stats(s),
+                   s.pseudonym_key)
 
 
 class DayBarrier:
-    """ops.pipeline.barrier for a whole replay: one lag probe kept open instead of one per wait.
+    """ops.pipeline.barrier for a whole replay, cheaper per poll: same rule, lighter on the broker.
 
-    Opening the probe (a client per consumer group) cost more than the waits themselves on quiet days.
+    The probe stays open for the replay instead of one per wait, and a poll first compares
+    committed offsets with the broker's *reported* end offsets from a long-lived client (one
+    ListOffsets request). Tansu reports at most the true end, so any group behind those is
+    surely busy; only when none is does the poll pay for the exact check (a fresh reader that
+    fetches every partition's last batch).
     """
 
-    def __init__(self, settings: Settings, topics: Any, procs: Any, poll_s: float = 0.1) -> None:
+    def __init__(self, settings: Settings, topics: Any, procs: Any, poll_s: float = 0.15) -> None:
         from ops.pipeline import subscriptions
         from ops.topicio import LagProbe
+        from streams.kafka import consumer
 
         self.procs, self.poll_s = procs, poll_s
         self.probe = LagProbe(settings, subscriptions(settings, topics, 1, True))
+        self._ends = consumer(settings, enable_auto_commit=False)
+        self._parts: list[Any] = []
 
     async def __aenter__(self) -> DayBarrier:
+        from aiokafka import TopicPartition
+
         await self.probe.__aenter__()
+        await self._ends.start()
+        await self._ends._client.force_metadata_update()  # noqa: SLF001 - as streams.kafka.end_offsets
+        self._parts = [TopicPartition(t, p) for t in self.probe.topics
+                       for p in sorted(self._ends.partitions_for_topic(t) or ())]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._ends.stop()
         await self.probe.__aexit__(*exc)
+
+    async def _surely_busy(self) -> bool:
+        reported = await self._ends.end_offsets(self._parts)
+        for group, names in self.probe.subscriptions.items():
+            mine = {tp for tp in reported if tp.topic in names}
+            found = await self.probe._groups[group]._coordinator.fetch_committed_offsets(mine)  # noqa: SLF001
+            if any(reported[tp] > max(found[tp].offset if tp in found else 0, 0) for tp in mine):
+                return True
+        return False
 
     async def wait(self, timeout_s: float = 900, stable_polls: int = 2) -> None:
         """Until every group has had zero lag for `stable_polls` polls in a row."""
@@ -198,14 +255,9 @@ class DayBarrier:
             self.procs.check()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"namespace not quiet after {timeout_s:.0f} s")
-            quiet = quiet + 1 if await self.probe.lag() == 0 else 0
+            busy = await self._surely_busy() or await self.probe.lag() > 0
+            quiet = 0 if busy else quiet + 1
             await asyncio.sleep(self.poll_s)
-
-
-async def _read_devices(s: Settings) -> list[DeviceExport]:
-    from device.fleet import read_devices
-
-    return await read_devices(s.state_dir)
 
 
 def _fleet_stats(s: Settings) -> dict[str, Any]:

@@ -171,15 +171,22 @@ def _verdict(lift: Mapping[str, Any], metric: str, higher_better: bool = True) -
 def report_md(res: Mapping[str, Any], figures: Sequence[str], offline: Mapping[str, Any] | None = None) -> str:
     d, p = res["data"], res["params"]
     lines = [f"# CoDA experiment: {d['dataset']}", "",
-             f"Seeds {res['seeds']}, K = {p['k']}, σ = {p['sigma']}, top-{p['top_n']} for the online analogues, "
-             f"{p['bootstrap']} bootstrap replicates.", "",
+             f"Engine: {res.get('engine', 'streaming pipeline')}. Seeds {res['seeds']}, K = {p['k']}, "
+             f"σ = {p['sigma']}, top-{p['top_n']} for the online analogues, {p['bootstrap']} bootstrap replicates"
+             + (f", {res['elapsed_s']} s wall." if "elapsed_s" in res else "."), "",
              "## Data and split", "",
              f"Global time split at day {d['cut_day']}: {d['history_days']} history days "
              f"({d['history_events']} events) form the cloud's pool and train the global model; "
              f"{d['live_days']} live days ({d['live_events']} events, {d['live_users']} users) are replayed "
              "through the devices as actions. Every live event is scored by its device's current model "
              "before it becomes a sample (progressive validation): these scores are what is evaluated.", "",
-             "## Design", "", res["design"], ""]
+             "## Design", "", res["design"], "",
+             "Metrics: GAUC = impression-weighted mean of per-user AUC over users with both classes (as the paper); "
+             "GAUC per user-day = the same over (user, day) groups — within a day one model scored every event, "
+             "while a user's AUC over several days also ranks scores of different model versions against each "
+             "other, so a shift in a device's score level after training moves it; AUC pools all events; logloss "
+             "is the mean cross-entropy. Online analogues rank each user's events of a day by score and 'show' the "
+             "top n: click rate of the shown, clicks per user-day, share of user-days with a click.", ""]
     lines += _summary(res)
     lines += _offline_table(res, "arms", "Table 3 analogue — offline metrics per arm (all live events)")
     lines += _offline_table(res, "arms_after_first_day",
@@ -197,7 +204,10 @@ def report_md(res: Mapping[str, Any], figures: Sequence[str], offline: Mapping[s
         lines += _tune_lines(res["tune"])
     if offline:
         lines += _offline_agreement(offline)
-    lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
+    lines += ["## Figures", "", "Figure 9 analogue: each arm's own users per day (7-day means); arms hold different "
+              "users on a day, so population noise dominates. Figure 10 analogue: lifts accumulated over days on "
+              "users seen in both arms (same events), the comparison to read.", ""]
+    lines += [f"![{f}]({f})" for f in figures] + [""]
     return "\n".join(lines)
 
 
@@ -211,7 +221,8 @@ def _summary(res: Mapping[str, Any]) -> list[str]:
                 out.append(f"- CoDA vs {base} ({scope}): no user was in both arms.")
                 continue
             out.append(f"- CoDA vs {base} ({scope}, {lift['users']} paired users): ΔGAUC {_signed(lift['gauc'])} "
-                       f"→ {_verdict(lift, 'gauc')}; Δlogloss {_signed(lift['logloss'])} → "
+                       f"→ {_verdict(lift, 'gauc')}; ΔGAUC per user-day {_signed(lift['gauc_user_day'])} → "
+                       f"{_verdict(lift, 'gauc_user_day')}; Δlogloss {_signed(lift['logloss'])} → "
                        f"{_verdict(lift, 'logloss', higher_better=False)}; click rate of top-ranked "
                        f"{_signed(lift['ctr_top'])} → {_verdict(lift, 'ctr_top')}.")
     beats = all(_verdict(res["lifts"].get(f"coda_vs_{b}", {}), "gauc") == "better" for b in ("cloud", "local"))
@@ -234,11 +245,12 @@ def _per_seed_diff(res: Mapping[str, Any], base: str) -> list[float | None]:
 
 
 def _offline_table(res: Mapping[str, Any], key: str, title: str) -> list[str]:
-    out = [f"## {title}", "", "| arm | users | events | GAUC | AUC | logloss |", "|---|---|---|---|---|---|"]
+    out = [f"## {title}", "", "| arm | users | events | GAUC | GAUC per user-day | AUC | logloss |",
+           "|---|---|---|---|---|---|---|"]
     for arm in ARMS:
         m = res[key][arm]
         out.append(f"| {arm} | {m['users']['value']} | {m['events']['value']} | {_ci(m['gauc'])} | "
-                   f"{_ci(m['auc'])} | {_ci(m['logloss'])} |")
+                   f"{_ci(m['gauc_user_day'])} | {_ci(m['auc'])} | {_ci(m['logloss'])} |")
     return [*out, ""]
 
 
@@ -257,13 +269,14 @@ def _online_table(res: Mapping[str, Any]) -> list[str]:
 def _lift_table(res: Mapping[str, Any], key: str, title: str) -> list[str]:
     out = [f"## {title}", "", "Differences for GAUC/AUC/logloss (lower logloss is better), relative lifts for the "
            "online rates; 95% bootstrap CI over paired users.", "",
-           "| comparison | users | ΔGAUC | ΔAUC | Δlogloss | click rate top-ranked | clicks per user-day | "
-           "share clicking |", "|---|---|---|---|---|---|---|---|"]
+           "| comparison | users | ΔGAUC | ΔGAUC per user-day | ΔAUC | Δlogloss | click rate top-ranked | "
+           "clicks per user-day | share clicking |", "|---|---|---|---|---|---|---|---|---|"]
     for name, lift in res[key].items():
         if not lift.get("users"):
-            out.append(f"| {name} | 0 | – | – | – | – | – | – |")
+            out.append(f"| {name} | 0 | – | – | – | – | – | – | – |")
             continue
-        out.append(f"| {name} | {lift['users']} | {_signed(lift['gauc'])} | {_signed(lift['auc'])} | "
+        out.append(f"| {name} | {lift['users']} | {_signed(lift['gauc'])} | {_signed(lift['gauc_user_day'])} | "
+                   f"{_signed(lift['auc'])} | "
                    f"{_signed(lift['logloss'])} | {_signed(lift['ctr_top'])} | "
                    f"{_signed(lift['clicks_per_user_day'])} | {_signed(lift['share_clicking'])} |")
     return [*out, ""]
@@ -271,15 +284,16 @@ def _lift_table(res: Mapping[str, Any], key: str, title: str) -> list[str]:
 
 def _seed_table(res: Mapping[str, Any]) -> list[str]:
     out = ["## Per seed (each seed alone is a bucket test on disjoint users)", "",
-           "| arm | GAUC per seed | AUC per seed | logloss per seed |", "|---|---|---|---|"]
+           "| arm | GAUC per seed | GAUC per user-day | AUC per seed | logloss per seed |", "|---|---|---|---|---|"]
     fmt = (lambda vs: ", ".join("–" if v is None else f"{v:.4f}" for v in vs))  # noqa: E731
     for arm in ARMS:
         m = res["per_seed"][arm]
-        out.append(f"| {arm} | {fmt(m['gauc'])} | {fmt(m['auc'])} | {fmt(m['logloss'])} |")
-    out += ["", "| comparison | ΔGAUC mean [t-CI] over seeds | ΔAUC | Δlogloss |", "|---|---|---|---|"]
+        out.append(f"| {arm} | {fmt(m['gauc'])} | {fmt(m['gauc_user_day'])} | {fmt(m['auc'])} | {fmt(m['logloss'])} |")
+    out += ["", "| comparison | ΔGAUC mean [t-CI] over seeds | ΔGAUC per user-day | ΔAUC | Δlogloss |",
+            "|---|---|---|---|---|"]
     for name, ms in res["per_seed_lifts"].items():
         cells = []
-        for metric in ("gauc", "auc", "logloss"):
+        for metric in ("gauc", "gauc_user_day", "auc", "logloss"):
             t = ms[metric]
             cells.append("–" if t["mean"] is None else
                          f"{t['mean']:+.4f}" + (f" [{t['lo']:+.4f}, {t['hi']:+.4f}]" if t["lo"] is not None else ""))

@@ -80,6 +80,14 @@ class Cloud:
         self.quota: dict[str, DailyQuota] = {}
         self.batch_log: list[tuple[str, str, list[str], list[str]]] = []  # (device, user, ids, owners)
 
+    def ingest_envelope(self, events: Sequence[BehaviourEvent]) -> None:
+        """An up-tunnel envelope: ingest splits it by user, as agents/ingest.py does."""
+        by_user: dict[str, list[BehaviourEvent]] = {}
+        for e in events:
+            by_user.setdefault(e.user_id, []).append(e)
+        for user_id, evs in by_user.items():
+            self.ingest(user_id, evs)
+
     def ingest(self, user_id: str, events: Sequence[BehaviourEvent]) -> None:
         """An up-tunnel envelope of one user's day: samples with the cloud's history, then the mean."""
         user = user_pseudonym(self.s.pseudonym_key, user_id)
@@ -200,10 +208,10 @@ class OfflineDevice:
 class Offline:
     """One seed of the experiment, in batch."""
 
-    def __init__(self, s: Settings, global_model: DIN) -> None:
+    def __init__(self, s: Settings, global_model: DIN, cloud: Cloud) -> None:
         self.s = s
         self.space = s.features
-        self.cloud = Cloud(s)
+        self.cloud = cloud
         self.m0 = global_model
         self.scratch = model_for_space(self.space)
         self.devices: dict[str, OfflineDevice] = {}
@@ -255,11 +263,7 @@ class Offline:
         if d.now_ts // DAY > d.day:
             d.day, d.used, d.stopped = d.now_ts // DAY, 0, False
         self._insert_local(d, samples)
-        by_user: dict[str, list[BehaviourEvent]] = {}
-        for e in events:
-            by_user.setdefault(e.user_id, []).append(e)
-        for user_id, evs in by_user.items():
-            self.cloud.ingest(user_id, evs)
+        self.cloud.ingest_envelope(events)  # the device's up-tunnel report of the same events
 
     def _insert_local(self, d: OfflineDevice, samples: Sequence[Sample]) -> None:
         fresh = [x for x in samples if x.sample_id not in d.local]
@@ -379,14 +383,11 @@ class OfflineRun:
 
 
 def history_pool(s: Settings, plans: Sequence[DayPlan]) -> Cloud:
+    """The cloud after the history days came up the tunnel."""
     cloud = Cloud(s)
     for plan in plans:
         for _, events in plan.by_device:
-            by_user: dict[str, list[BehaviourEvent]] = {}
-            for e in events:
-                by_user.setdefault(e.user_id, []).append(e)
-            for user_id, evs in by_user.items():
-                cloud.ingest(user_id, evs)
+            cloud.ingest_envelope(events)
     return cloud
 
 
@@ -399,8 +400,7 @@ def run_offline(split: Split, s: Settings, seed: int, global_seed: int = 0,
     pool = [x for x in cloud.pool.values() if x.ts // DAY <= last]
     cfg = TrainConfig(lr=s.learning_rate, batch_size=256, epochs=2, seed=global_seed)  # as `coda cloud train-global`
     trained = train_global(pool, s.features, cfg)
-    run = Offline(s, trained.model)
-    run.cloud = cloud
+    run = Offline(s, trained.model, cloud)
     for n, plan in enumerate(split.live):
         for device_id, events in plan.by_device:
             run.actions(device_id, events)
