@@ -170,6 +170,7 @@ class Fleet:
         self._assigned: set[TopicPartition] = set()
         self.counts: Counter[str] = Counter()
         self.started_at = 0.0
+        self.last_processed_at = 0.0  # wall clock of the last record handled (processed or dead-lettered)
         self.names = {t: self.topics.name(t) for t in ("actions", "down", "up", "dead-letters", "models")}
         self._kinds = {
             self.names["actions"]: self.topics["actions"].kinds,
@@ -378,6 +379,7 @@ class Fleet:
     def _done_ok(self, r: ConsumerRecord, kind: str) -> None:
         self.counts["processed"] += 1
         self.counts[kind] += 1
+        self.last_processed_at = time.time()
 
     def _device(self, pseudonym: str, partition: int, device_id: str = "") -> Device | None:
         device = self.devices.get(pseudonym)
@@ -420,6 +422,7 @@ class Fleet:
 
     async def _dead(self, r: ConsumerRecord, reason: str, detail: str) -> None:
         self.counts["dead_lettered"] += 1
+        self.last_processed_at = time.time()
         assert self._letters is not None
         await self._letters.reject(r.value or b"", reason, detail, r.topic, r.partition, r.offset)
 
@@ -468,6 +471,7 @@ class Fleet:
             "fleet": self.fleet_id,
             "group": self.group,
             "uptime_s": round(time.time() - self.started_at, 1),
+            "last_processed_at": self.last_processed_at,
             "in": c["in"],
             "processed": c["processed"],
             "dead_lettered": c["dead_lettered"],

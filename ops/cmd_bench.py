@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suite", choices=SUITES)
     parser.add_argument("--out", type=Path, help="JSON file (default out/bench/<suite>.json); .md beside it")
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI smoke runs")
-    parser.add_argument("--large", action="store_true", help="match: add 1M users (long)")
+    parser.add_argument("--large", action="store_true", help="match: add 1M users; fleet: add a 10,000-device daily cycle in one fleet (both long)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,12 +1,41 @@
-"""`coda bench fleet`: a daily device cycle for N devices — our fleet vs a plain loop (ceiling) vs Flower."""
+"""`coda bench fleet`: a daily device cycle for N devices — our fleet vs a plain loop (ceiling) vs Flower.
+
+Every way runs the same per-device job through the same `Device` code (`_device_day`): one
+day's events reported (progressive validation, local samples), then `BATCHES` matched
+batches → Algorithm 2 → Algorithm 3, then the day's notice. Each way reports devices/s, CPU
+seconds per device (steadier than wall time on a shared machine) and memory.
+
+- fleet: `coda fleet` processes fed through the real broker; this process plays the cloud
+  (answers pull requests with the batches). Timed from the first action sent to the last
+  message the fleet processed.
+- plain loop: `_device_day` called device after device in this process: no broker, no
+  fleet — the hardware ceiling of one core.
+- Flower: its simulation engine (`flwr[simulation]`, Ray backend) with N virtual clients
+  (supernodes), each client running `_device_day` for its own device, in a child process
+  (Ray's processes and Flower's telemetry setting stay out of this one).
+
+The plain loop and Flower are timed on a fixed sample of the N devices when N is large:
+their per-device cost is one device after another, so a sample measures it without hours
+of waiting. Flower keeps all N supernodes registered, and its in-memory link state scans
+every stored message for every node on each delivery pass, so a full N-client round costs
+more per client than the sample: the Flower figure is an upper bound on its rate.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import json
+import os
+import pickle
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,34 +45,62 @@ from ops.bench.common import broker_for, table, write_report
 from streams.settings import Settings
 
 BATCHES = 3  # matched batches of 25 per device and day in this job (the quota allows 12)
+BATCH_SAMPLES = 25
+SIZES, QUICK_SIZES, LARGE_SIZE = (1000, 5000), (100,), 10_000
+PLAIN_SAMPLE = 300  # devices the plain loop runs per size (all of them below this)
+FLOWER_SAMPLE, QUICK_FLOWER_SAMPLE = 100, 30  # clients in Flower's timed round
+FLOWER_TIMEOUT_S = 600
+DevicesJob = list[tuple[str, list[Any]]]
 
 
 def say(msg: str) -> None:
     print(f"[bench fleet] {msg}", file=sys.stderr, flush=True)
 
 
-def run(out: Path, quick: bool, settings: Settings, fleets: tuple[int, ...] = (1,)) -> dict[str, Any]:
-    sizes = (100,) if quick else (1000, 5000)
+def run(out: Path, quick: bool, settings: Settings, fleets: tuple[int, ...] = (1,),
+        large: bool = False) -> dict[str, Any]:
+    """Each size three ways; `large` adds a daily cycle of `LARGE_SIZE` devices in one fleet process."""
+    sizes = QUICK_SIZES if quick else SIZES
+    flower_sample = QUICK_FLOWER_SAMPLE if quick else FLOWER_SAMPLE
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="coda-bench-fleet-") as scratch, \
             broker_for(settings, Path(scratch)) as s:
-        runs = [asyncio.run(_one(s, Path(scratch) / f"n{n}", n, fleets)) for n in sizes]
-    rows = []
-    for r in runs:
-        for name, m in r["ways"].items():
-            rows.append([r["devices"], name, m.get("devices_per_s", "skipped"), m.get("mb_per_device", ""),
-                         m.get("seconds", "")])
-    md = ("# bench fleet\n\nThe same per-device daily job (20 events reported, then "
-          f"{BATCHES} matched batches of 25 → Algorithm 2 → Algorithm 3) for N devices, three ways in one run: "
-          "our fleet process through the real broker; a plain single-process loop over the same Device "
-          "code (the hardware ceiling); Flower's simulation engine when `flwr[simulation]` is installed.\n\n")
-    md += table(["devices", "way", "devices/s", "MB per device", "seconds"], rows) + "\n"
-    result = {"runs": runs, "batches_per_device": BATCHES,
-              "targets": {"fleet_over_flower": 10.0, "fleet_over_plain_loop": 0.8}}
-    write_report(out, "fleet", result, md)
+        runs = [asyncio.run(_one(s, Path(scratch) / f"n{n}", n, fleets, flower_sample)) for n in sizes]
+        cycle = asyncio.run(_large_cycle(s, Path(scratch) / "large", fleets[0])) if large else None
+    result = {"runs": runs, "batches_per_device": BATCHES, "suite_seconds": time.monotonic() - started,
+              "plain_loop_sample": PLAIN_SAMPLE, "flower_sample": flower_sample,
+              "targets": {"fleet_over_flower": 10.0, "fleet_over_plain_loop": 0.8,
+                          "large_devices": LARGE_SIZE, "large_cycle_seconds": 600}}
+    if cycle is not None:
+        result["large_cycle"] = cycle
+    write_report(out, "fleet", result, _markdown(runs, cycle, flower_sample))
     return result
 
 
-def _job(settings: Settings, n: int) -> tuple[list[tuple[str, list[Any]]], list[bytes]]:
+def _markdown(runs: list[dict[str, Any]], cycle: dict[str, Any] | None, flower_sample: int) -> str:
+    rows = []
+    for r in runs:
+        for name, m in r["ways"].items():
+            rows.append([r["devices"], name, m.get("devices_timed", ""), m.get("devices_per_s", m.get("skipped", "")),
+                         m.get("cpu_s_per_device", ""), m.get("mb_per_device", ""), m.get("seconds", "")])
+    md = ("# bench fleet\n\nThe same per-device daily job (20 events reported, then "
+          f"{BATCHES} matched batches of {BATCH_SAMPLES} → Algorithm 2 → Algorithm 3) for N devices, three ways "
+          "in one run: our fleet process through the real broker; a plain single-process loop over the same "
+          "Device code (the hardware ceiling); Flower's simulation engine (Ray backend, N supernodes) when "
+          f"`flwr[simulation]` is installed. The plain loop runs the first {PLAIN_SAMPLE} devices and Flower "
+          f"a round of {flower_sample} of its N clients (`timed`); a full N-client Flower round is slower "
+          "per client, so its figure is an upper bound.\n\n")
+    md += table(["devices", "way", "timed", "devices/s", "CPU s/device", "MB per device", "seconds"], rows) + "\n\n"
+    ratios = [[r["devices"], r["fleet_over_plain_loop"], r["fleet_over_flower"] or "—"] for r in runs]
+    md += table(["devices", "fleet / plain loop", "fleet / Flower"], ratios) + "\n"
+    if cycle is not None:
+        md += (f"\nDaily cycle of {cycle['devices']:,} devices in one fleet process: {cycle['seconds']:.0f} s "
+               f"({cycle['devices_per_s']:.1f} devices/s), peak RSS {cycle['rss_mb_peak']:.0f} MB.\n")
+    return md
+
+
+# --------------------------------------------------------------------------- the job
+def _job(settings: Settings, n: int) -> tuple[DevicesJob, list[bytes]]:
     """Per device: one day's events; the matched payloads every device receives."""
     from core.features import History, event_to_sample
     from ops.datasets import load_dataset
@@ -55,35 +112,112 @@ def _job(settings: Settings, n: int) -> tuple[list[tuple[str, list[Any]]], list[
     devices = [(d, list(e)) for d, e in plan.by_device[:n]]
     matched, history = [], History()
     for d, events in plan.by_device[n:]:
-        for i, e in enumerate(events):
+        for e in events:
             fields = {"ts": e.ts - 1, "item_id": e.item_id, "item_tags": e.item_tags, "action": e.action, "label": e.label}
             sample, history = event_to_sample(d, fields, history, settings.features)
             matched.append(sample)
-    return devices, [pack_samples(matched[25 * b: 25 * b + 25]) for b in range(BATCHES)]
+    size = BATCH_SAMPLES
+    return devices, [pack_samples(matched[size * b: size * b + size]) for b in range(BATCHES)]
 
 
-async def _one(base: Settings, scratch: Path, n: int, fleets: tuple[int, ...]) -> dict[str, Any]:
+async def _device_day(runtime: Any, device_id: str, events: list[Any], payloads: list[bytes]) -> None:
+    """One device's daily job through the `Device` handlers, as the fleet runs them."""
+    from core.privacy import device_pseudonym
+    from device.runtime import Device
+    from streams.schemas import DeviceActions, DownBatch, DownNotice
+
+    s = runtime.settings
+    device = Device(runtime, device_pseudonym(s.pseudonym_key, device_id), device_id)
+    day = events[0].ts // 86_400
+    await device.on_actions(DeviceActions(device_id, events, day))
+    request = (await device.state()).request or f"plain-{device_id}"
+    for b, payload in enumerate(payloads):
+        await device.on_batch(DownBatch(device.pseudonym, f"{request}-{b}", request, day, BATCH_SAMPLES, payload,
+                                        of=len(payloads)))
+    await device.on_notice(DownNotice(device.pseudonym, request, day, "quota", len(payloads)))
+
+
+async def _one(base: Settings, scratch: Path, n: int, fleets: tuple[int, ...], flower_sample: int) -> dict[str, Any]:
     devices, payloads = _job(base, n)
     ways: dict[str, Any] = {}
     for f in fleets:
         ways[f"fleet-x{f}"] = await _fleet(base, scratch / f"fleet{f}", devices, payloads, f)
         say(f"{n} devices, {f} fleet process(es): {ways[f'fleet-x{f}']['devices_per_s']:.1f} devices/s")
-    ways["plain-loop"] = await _plain_loop(base.replace(state_dir=scratch / "plain"), devices, payloads)
-    say(f"{n} devices, plain loop: {ways['plain-loop']['devices_per_s']:.1f} devices/s")
-    ways["flower"] = _flower(n)
+    ways["plain-loop"] = await _plain_loop(base.replace(state_dir=scratch / "plain"), devices[:PLAIN_SAMPLE], payloads)
+    say(f"{n} devices, plain loop ({ways['plain-loop']['devices_timed']} timed): "
+        f"{ways['plain-loop']['devices_per_s']:.1f} devices/s")
+    ways["flower"] = _flower(base.replace(state_dir=scratch / "flower"), devices, payloads, flower_sample,
+                             actors=fleets[0])
+    say(f"{n} devices, Flower: {ways['flower'].get('devices_per_s', ways['flower'].get('skipped'))}")
     fleet = ways[f"fleet-x{fleets[0]}"]["devices_per_s"]
+    flower = ways["flower"].get("devices_per_s")
     return {"devices": n, "ways": ways,
             "fleet_over_plain_loop": fleet / ways["plain-loop"]["devices_per_s"],
-            "fleet_over_flower": (fleet / ways["flower"]["devices_per_s"]) if "devices_per_s" in ways["flower"] else None}
+            "fleet_over_flower": fleet / flower if flower else None}
 
 
-async def _fleet(base: Settings, state: Path, devices: list[tuple[str, list[Any]]], payloads: list[bytes],
+async def _large_cycle(base: Settings, scratch: Path, processes: int) -> dict[str, Any]:
+    """`LARGE_SIZE` devices' daily cycle in one fleet process (the scale target), timed like the sizes."""
+    devices, payloads = _job(base, LARGE_SIZE)
+    cycle = await _fleet(base, scratch, devices, payloads, processes)
+    say(f"{LARGE_SIZE} devices, daily cycle: {cycle['seconds']:.0f} s, {cycle['devices_per_s']:.1f} devices/s")
+    return {"devices": LARGE_SIZE, **cycle}
+
+
+# --------------------------------------------------------------------------- process usage
+@dataclass
+class Usage:
+    """RSS and CPU seconds of some processes and their children, sampled over a run."""
+
+    procs: list[psutil.Process]
+    rss0: int = 0
+    peak: int = 0
+    cpu0: float = 0.0
+
+    def start(self) -> None:
+        self.rss0 = self.peak = self.rss()
+        self.cpu0 = self.cpu()
+
+    def tree(self) -> list[psutil.Process]:
+        out = []
+        for p in self.procs:
+            try:
+                out += [p, *p.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
+    def rss(self) -> int:
+        return sum(_safe(lambda q=q: q.memory_info().rss) for q in self.tree())
+
+    def cpu(self) -> float:
+        return sum(_safe(lambda q=q: sum(q.cpu_times()[:2])) for q in self.tree())
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self.rss())
+
+    def report(self, devices: int, seconds: float) -> dict[str, Any]:
+        return {"devices_timed": devices, "devices_per_s": devices / seconds, "seconds": seconds,
+                "cpu_s_per_device": (self.cpu() - self.cpu0) / devices,
+                "rss_mb_before": self.rss0 / 2**20, "rss_mb_peak": self.peak / 2**20,
+                "mb_per_device": (self.peak - self.rss0) / 2**20 / devices}
+
+
+def _safe(read: Any) -> float:
+    try:
+        return float(read())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0.0
+
+
+# --------------------------------------------------------------------------- fleet
+async def _fleet(base: Settings, state: Path, devices: DevicesJob, payloads: list[bytes],
                  processes: int) -> dict[str, Any]:
     from core.privacy import device_pseudonym
     from ops.namespace import in_namespace
     from ops.pipeline import Processes
     from streams.kafka import consumer, ensure_topics, producer
-    from streams.schemas import DeviceActions, DownBatch, DownNotice, PullRequest, decode, encode
+    from streams.schemas import DeviceActions, PullRequest, decode, encode
     from streams.topics import load_topics
 
     s = in_namespace(base.replace(state_dir=state), f"fleet-{int(time.time())}-{processes}")
@@ -92,19 +226,19 @@ async def _fleet(base: Settings, state: Path, devices: list[tuple[str, list[Any]
     procs = Processes(s)
     for i in range(processes):
         procs.spawn("fleet", str(i), "--quiet")
-    ps = [psutil.Process(p.pid) for p in procs.procs]
+    usage = Usage([psutil.Process(p.pid) for p in procs.procs])
     await _joined(s, processes, procs)  # time the daily cycle, not the group join
-    rss0 = sum(p.memory_info().rss for p in ps)
+    usage.start()
     pub, up = producer(s), consumer(s, topics.name("up"), auto_offset_reset="earliest", enable_auto_commit=False)
     await pub.start()
     await up.start()
     try:
-        start = time.monotonic()
+        start = time.time()
         for device_id, events in devices:
             key = device_pseudonym(s.pseudonym_key, device_id).encode()
             await pub.send(topics.name("actions"), encode(DeviceActions(device_id, events, events[0].ts // 86_400)), key=key)
         await pub.flush()
-        answered, peak = set(), rss0
+        answered: set[str] = set()
         while len(answered) < len(devices):
             procs.check()
             for records in (await up.getmany(timeout_ms=300)).values():
@@ -112,31 +246,35 @@ async def _fleet(base: Settings, state: Path, devices: list[tuple[str, list[Any]
                     msg = decode(r.value, 1 << 30)
                     if isinstance(msg, PullRequest) and msg.device_id not in answered:
                         answered.add(msg.device_id)
-                        await _answer(pub, topics, s, msg, payloads, device_pseudonym, DownBatch, DownNotice, encode)
-            peak = max(peak, sum(p.memory_info().rss for p in ps))
+                        await _answer(pub, topics, s, msg, payloads)
+            usage.sample()
         await pub.flush()
         while sum(_fleet_counts(s, i).get("notices", 0) for i in range(processes)) < len(devices):
             procs.check()
-            peak = max(peak, sum(p.memory_info().rss for p in ps))
+            usage.sample()
             await asyncio.sleep(0.3)
-        seconds = time.monotonic() - start
+        # the stats file is written every few seconds: the fleet's own clock says when it finished
+        end = max(_fleet_stats(s, i).get("last_processed_at", 0.0) for i in range(processes))
+        report = usage.report(len(devices), end - start)
     finally:
         await up.stop()
         await pub.stop()
         procs.stop()
-    return {"devices_per_s": len(devices) / seconds, "seconds": seconds, "processes": processes,
-            "rss_mb_before": rss0 / 2**20, "rss_mb_peak": peak / 2**20,
-            "mb_per_device": (peak - rss0) / 2**20 / len(devices)}
+    return {**report, "processes": processes}
 
 
-async def _answer(pub: Any, topics: Any, s: Settings, pull: Any, payloads: list[bytes], pseud: Any,
-                  batch_cls: Any, notice_cls: Any, encode: Any) -> None:
-    device = pseud(s.pseudonym_key, pull.device_id)
+async def _answer(pub: Any, topics: Any, s: Settings, pull: Any, payloads: list[bytes]) -> None:
+    """The cloud's side of a pull: the day's batches for this device, then the quota notice."""
+    from core.privacy import device_pseudonym
+    from streams.schemas import DownBatch, DownNotice, encode
+
+    device = device_pseudonym(s.pseudonym_key, pull.device_id)
     day = pull.ts // 86_400
     for b, payload in enumerate(payloads):
-        msg = batch_cls(device, f"{pull.request_id}-{b}", pull.request_id, day, 25, payload, of=len(payloads))
+        msg = DownBatch(device, f"{pull.request_id}-{b}", pull.request_id, day, BATCH_SAMPLES, payload,
+                        of=len(payloads))
         await pub.send(topics.name("down"), encode(msg), key=device.encode())
-    await pub.send(topics.name("down"), encode(notice_cls(device, pull.request_id, day, "quota", len(payloads))),
+    await pub.send(topics.name("down"), encode(DownNotice(device, pull.request_id, day, "quota", len(payloads))),
                    key=device.encode())
 
 
@@ -162,36 +300,182 @@ def _fleet_counts(s: Settings, fleet_id: int) -> dict[str, Any]:
     return _fleet_stats(s, fleet_id).get("counts", {})
 
 
-async def _plain_loop(s: Settings, devices: list[tuple[str, list[Any]]], payloads: list[bytes]) -> dict[str, Any]:
+# --------------------------------------------------------------------------- plain loop
+async def _plain_loop(s: Settings, devices: DevicesJob, payloads: list[bytes]) -> dict[str, Any]:
     """The same Device code called directly, one device after another: no broker, no fleet."""
-    from core.privacy import device_pseudonym
-    from device.runtime import Device, Runtime, configure_torch, fresh_initial
-    from streams.schemas import DeviceActions, DownBatch, DownNotice
+    from device.runtime import Runtime, configure_torch, fresh_initial
 
     configure_torch(s.torch_threads)
     runtime = Runtime(s, fresh_initial(s.features))
     await runtime.warm_up()
-    rss0 = psutil.Process().memory_info().rss
+    usage = Usage([psutil.Process()])
+    usage.start()
     start = time.monotonic()
     for device_id, events in devices:
-        device = Device(runtime, device_pseudonym(s.pseudonym_key, device_id), device_id)
-        day = events[0].ts // 86_400
-        await device.on_actions(DeviceActions(device_id, events, day))
-        request = (await device.state()).request or f"plain-{device_id}"
-        for b, payload in enumerate(payloads):
-            await device.on_batch(DownBatch(device.pseudonym, f"{request}-{b}", request, day, 25, payload,
-                                            of=len(payloads)))
-        await device.on_notice(DownNotice(device.pseudonym, request, day, "quota", len(payloads)))
+        await _device_day(runtime, device_id, events, payloads)
     seconds = time.monotonic() - start
-    rss = psutil.Process().memory_info().rss
+    usage.sample()
+    report = usage.report(len(devices), seconds)
     await runtime.close()
-    return {"devices_per_s": len(devices) / seconds, "seconds": seconds,
-            "mb_per_device": (rss - rss0) / 2**20 / len(devices)}
+    return report
 
 
-def _flower(n: int) -> dict[str, Any]:
+# --------------------------------------------------------------------------- Flower
+def _flower(s: Settings, devices: DevicesJob, payloads: list[bytes], sample: int, actors: int) -> dict[str, Any]:
+    """Flower's simulation engine in a child process; skipped with the reason when it is not installed."""
+    missing = [m for m in ("flwr", "ray") if importlib.util.find_spec(m) is None]
+    if missing:
+        return {"skipped": f"{' and '.join(missing)} not installed (pip install -e '.[bench]')"}
+    s.state_dir.mkdir(parents=True, exist_ok=True)
+    job, result = s.state_dir / "job.pickle", s.state_dir / "result.json"
+    job.write_bytes(pickle.dumps({"settings": s, "devices": devices, "payloads": payloads,
+                                  "sample": min(sample, len(devices)), "actors": actors}))
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}  # nothing leaves this machine
+    log = s.state_dir / "flower.log"
+    with open(log, "wb") as out:
+        # a session of its own: Ray's actor processes outlive ray.shutdown() (orphaned, still
+        # spinning), and the session id is how we find them afterwards
+        child = subprocess.Popen([sys.executable, "-m", "ops.bench.fleet", "flower", str(job), str(result)],  # noqa: S603
+                                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
     try:
-        import flwr  # noqa: F401
-    except ImportError:
-        return {"skipped": "flwr[simulation] not installed (pip install -e '.[bench]')"}
-    return {"skipped": "Flower comparison not wired in this build"}
+        code = child.wait(FLOWER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        code = None
+    _end([p for p in psutil.process_iter() if _session(p) == child.pid])
+    if code != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        return {"skipped": f"Flower run failed (exit {code}, timeout {FLOWER_TIMEOUT_S} s); log tail: {tail}"}
+    return {**json.loads(result.read_text()), "clients": len(devices), "actors": actors}
+
+
+# The Flower client runs in Ray actor processes: each keeps one event loop and one warmed-up
+# Runtime, exactly as the plain loop and a fleet process do, and loads the job once.
+_ACTOR: dict[str, Any] = {}
+
+
+def _actor_state(job_path: str) -> dict[str, Any]:
+    if not _ACTOR:
+        from device.runtime import Runtime, fresh_initial
+
+        job = pickle.loads(Path(job_path).read_bytes())
+        loop = asyncio.new_event_loop()
+        runtime = Runtime(job["settings"], fresh_initial(job["settings"].features))
+        loop.run_until_complete(runtime.warm_up())
+        _ACTOR.update(job=job, loop=loop, runtime=runtime)
+    return _ACTOR
+
+
+def _flower_apps(job_path: str, sample: int, actors: int, out: dict[str, Any]) -> tuple[Any, Any]:
+    """A ClientApp that runs one device's day per `train` message; a ServerApp that times one round."""
+    from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+
+    client, server = ClientApp(), ServerApp()
+
+    @client.query()
+    def warm(msg: Message, context: Context) -> Message:
+        _actor_state(str(msg.content["job"]["path"]))
+        return Message(RecordDict({"m": MetricRecord({"pid": os.getpid()})}), reply_to=msg)
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        state = _actor_state(str(msg.content["job"]["path"]))
+        device_id, events = state["job"]["devices"][int(context.node_config["partition-id"])]
+        state["loop"].run_until_complete(_device_day(state["runtime"], device_id, events, state["job"]["payloads"]))
+        return Message(RecordDict({"m": MetricRecord({"pid": os.getpid()})}), reply_to=msg)
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        clients = len(pickle.loads(Path(job_path).read_bytes())["devices"])
+        while len(nodes := sorted(grid.get_node_ids())) < clients:  # the engine registers them meanwhile
+            time.sleep(0.1)
+        def round_(kind: str, to: Sequence[int]) -> list[Message]:
+            messages = [Message(RecordDict({"job": ConfigRecord({"path": job_path})}), dst_node_id=n,
+                                message_type=kind) for n in to]
+            return list(grid.send_and_receive(messages))
+
+        round_("query", nodes[:max(actors, 1) * 2])  # start and warm every actor before timing
+        usage = Usage([psutil.Process()])
+        usage.start()
+        sampler = _Sampler(usage)
+        start = time.monotonic()
+        replies = round_("train", nodes[:sample])
+        seconds = time.monotonic() - start
+        sampler.stop()
+        failed = [r.error.reason for r in replies if r.has_error()]
+        if failed or len(replies) < sample:
+            raise RuntimeError(f"{len(failed)} Flower client(s) failed, {len(replies)}/{sample} replied: {failed[:1]}")
+        out.update(usage.report(sample, seconds))
+
+    return client, server
+
+
+class _Sampler:
+    """Samples `usage` RSS every half second from a thread (Flower's round blocks its caller)."""
+
+    def __init__(self, usage: Usage) -> None:
+        self.usage, self._stop = usage, threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self.usage.sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.usage.sample()
+
+
+def _flower_child(job_path: Path, result_path: Path) -> None:
+    """Child process: N supernodes in Flower's simulation engine, one timed round of `sample` clients."""
+    import ray
+    from flwr.simulation import run_simulation
+
+    job = pickle.loads(job_path.read_bytes())
+    out: dict[str, Any] = {}
+    client, server = _flower_apps(str(job_path), job["sample"], job["actors"], out)
+    # one actor per CPU given to Ray; the object store at its floor: the job is read from disk
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"num_cpus": job["actors"], "object_store_memory": 80 * 2**20,
+                             "logging_level": "ERROR", "log_to_driver": False}}
+    started = time.monotonic()
+    try:
+        run_simulation(server, client, num_supernodes=len(job["devices"]), backend_config=backend)
+    finally:
+        ray.shutdown()
+    if not out:
+        raise RuntimeError("Flower's ServerApp ended without a measurement (see the log above)")
+    out["engine_seconds"] = time.monotonic() - started
+    result_path.write_text(json.dumps(out))
+
+
+def _session(p: psutil.Process) -> int | None:
+    try:
+        return os.getsid(p.pid)
+    except OSError:
+        return None
+
+
+def _end(procs: list[psutil.Process], timeout_s: float = 5.0) -> None:
+    """Terminate what is still running of `procs`, then kill what ignores it."""
+    alive = [p for p in procs if p.is_running()]
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, left = psutil.wait_procs(alive, timeout=timeout_s)
+    for p in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["flower"]:
+    # through the importable module, not __main__: Ray then pickles the client's helpers by
+    # reference, so each actor keeps one `_ACTOR` (loop, warmed Runtime) across messages
+    from ops.bench import fleet
+
+    fleet._flower_child(Path(sys.argv[2]), Path(sys.argv[3]))
