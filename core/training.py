@@ -33,6 +33,9 @@ class TrainConfig:
     classifier_lr: float = 0.05
     classifier_batch_size: int = 0
     seed: int = 0
+    # a local validation set with one class cannot judge ranking: "fit" gates on exp(−logloss)
+    # there (calibration only); "skip" takes no step, as when there is no validation at all
+    one_class_gate: str = "fit"
 
 
 def model_for_space(space: FeatureSpace, seed: int = 0) -> DIN:
@@ -189,6 +192,7 @@ class GatedResult:
     valid_history: list[float] = field(default_factory=list)  # metric after each accepted step
 
 
+ONE_CLASS_GATES = ("fit", "skip")
 Snapshot = tuple[list[torch.Tensor], list[dict[str, object]]]
 
 
@@ -225,10 +229,14 @@ def train_gated(
     strictly increasing. Without validation samples no step can be judged, so none is taken
     and the model is returned untouched. Trains `model` in place.
     """
+    if cfg.one_class_gate not in ONE_CLASS_GATES:
+        raise ValueError(f"one_class_gate {cfg.one_class_gate!r}: expected one of {', '.join(ONE_CLASS_GATES)}")
     if not valid:
         return GatedResult(model, 0, 0, None, None)
     vdata = collate(valid, space)
     vlabels = vdata["label"].numpy()
+    if cfg.one_class_gate == "skip" and len(set(vlabels.tolist())) < 2:
+        return GatedResult(model, 0, 0, None, None)
     best = auc_or_fallback(vlabels, _probabilities(model, vdata))
     start, total = best, 0
     history: list[float] = []

@@ -767,7 +767,8 @@ class Device:
             return TrainOutcome(
                 "no_validation" if not valid else "nothing_to_train", len(train_set), len(valid)
             )
-        cfg = TrainConfig(lr=s.learning_rate, batch_size=s.train_batch, seed=self._seed("train", st.trains))
+        cfg = TrainConfig(lr=s.learning_rate, batch_size=s.train_batch, seed=self._seed("train", st.trains),
+                          one_class_gate=s.one_class_gate)
         async with self.models.lock() as training:
             outcome, wall, cpu = await self.rt.run(self._train_job, training, train_set, valid, cfg)
         if outcome.total_steps > 0:

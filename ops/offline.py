@@ -357,7 +357,8 @@ class Offline:
         train_set, valid = [*split.train, *kept], split.validate
         if not valid or not train_set:
             return
-        cfg = TrainConfig(lr=self.s.learning_rate, batch_size=self.s.train_batch, seed=self._seed(d, "train", d.trains))
+        cfg = TrainConfig(lr=self.s.learning_rate, batch_size=self.s.train_batch, seed=self._seed(d, "train", d.trains),
+                          one_class_gate=self.s.one_class_gate)
         res = train_gated(limit_training(self._module(d), self.s.personalize), train_set, valid, self.space, cfg)
         if res.total_steps > 0:
             for x in kept:

@@ -18,6 +18,7 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("paper", {}),
     ("personalize=mlp", {"personalize": "mlp"}),
     ("personalize=head", {"personalize": "head"}),
+    ("one_class_gate=skip", {"one_class_gate": "skip"}),
 )
 
 

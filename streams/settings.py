@@ -77,6 +77,9 @@ class Settings:
     arm_seed: int = field(default=0, metadata=_env("arm_seed"))
     # which CTR-model parameters Algorithm 3 personalizes: "all" (the paper) | "mlp" | "head"
     personalize: str = field(default="all", metadata=_env("personalize"))
+    # Algorithm 3's gate when the local validation samples hold one class (AUC undefined):
+    # "fit" accepts steps that fit those labels better (exp(−logloss)); "skip" trains not at all
+    one_class_gate: str = field(default="fit", metadata=_env("one_class_gate"))
     open_databases: int = field(default=64, metadata=_env("open_databases"))
     torch_threads: int = field(default=1, metadata=_env("torch_threads"))
     # --- Faust / broker timeouts (Tansu joins are slow with Faust's defaults) ---------------

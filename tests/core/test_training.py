@@ -190,6 +190,23 @@ def test_gate_without_validation_takes_no_step() -> None:
     assert same(before, weights(model))
 
 
+@pytest.mark.parametrize("gate, moves", [("fit", True), ("skip", False)])
+def test_one_class_validation_gate(gate: str, moves: bool) -> None:
+    """Validation with clicks only: "fit" may step towards those labels, "skip" cannot judge ranking."""
+    train, valid = learnable(0)
+    valid = [v for v in valid if v.label == 1]
+    model = model_for_space(SPACE)
+    before = weights(model)
+    r = train_gated(model, train, valid, SPACE, TrainConfig(epochs=3, one_class_gate=gate))
+    assert (r.accepted_steps > 0) == moves
+    assert same(before, weights(model)) != moves
+
+
+def test_unknown_one_class_gate_is_refused() -> None:
+    with pytest.raises(ValueError, match="one_class_gate"):
+        train_gated(model_for_space(SPACE), [], [], SPACE, TrainConfig(one_class_gate="maybe"))
+
+
 def test_gate_is_deterministic_given_seed() -> None:
     """Same initial model, data and seed give identical weights and history."""
     train, valid = learnable(1)
