@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,53 @@ log = logging.getLogger(__name__)
 def partition_for(key: str, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner gives `key`: scatter targets it."""
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+Accepted = tuple[faust.EventT, Record]  # an event and its decoded record
+
+
+def segments(accepted: Sequence[Accepted],
+             barrier: type[Record]) -> Iterator[tuple[list[Accepted], Accepted | None]]:
+    """Split a batch at each `barrier` record: (the records before it, the barrier or None at the end).
+
+    A batch is folded segment by segment, so a barrier (a pull, an end-of-day tick) still
+    sees every state change of the records that came before it, as one at a time would.
+    """
+    run: list[Accepted] = []
+    for item in accepted:
+        if isinstance(item[1], barrier):
+            yield run, item
+            run = []
+        else:
+            run.append(item)
+    if run:
+        yield run, None
+
+
+async def put(table: faust.Table, partition: int, key: bytes, value: Record) -> None:
+    """`table[key] = value`, its changelog record on `partition` (the source event's).
+
+    Faust takes the changelog partition from the current event, which a batch taken with
+    `take_events` does not set per record; each key must go with its own event's partition,
+    or a restart would recover it on the wrong worker. Awaiting the send (instead of Faust's
+    100-message table buffer) keeps a batch's writes from stalling the stream.
+    """
+    await _send_changelog(table, partition, key, value, "coda")
+    table.data[key] = value
+
+
+async def drop(table: faust.Table, partition: int, key: bytes) -> None:
+    """`del table[key]` (a changelog tombstone on `partition`), if the key is there."""
+    if key in table.data:
+        await _send_changelog(table, partition, key, None, "raw")
+        del table.data[key]
+
+
+async def _send_changelog(table: faust.Table, partition: int, key: bytes, value: Record | None,
+                          serializer: str) -> None:
+    on_sent = table._on_changelog_sent  # noqa: SLF001 - what Faust's own table writes call back
+    await table.changelog_topic.send(key=key, value=value, partition=partition, key_serializer="raw",
+                                     value_serializer=serializer, callback=on_sent)
 
 
 @dataclass
@@ -80,6 +128,30 @@ class CloudContext:
 
     async def send(self, name: str, key: str, record: Record, partition: int | None = None) -> None:
         await self.topic(name).send(key=key.encode(), value=encode(record), partition=partition)
+
+    async def batches(self, stream: faust.StreamT) -> AsyncIterator[list[faust.EventT]]:
+        """The stream as batches of events: up to `agent_batch`, waiting at most `take_within_s`.
+
+        `agent_batch` 1 (the default) gives one event at a time: with Faust's `take_events` a
+        worker SIGKILLed mid-stream and restarted stopped committing some partitions (`coda
+        chaos --kills 2`), which one at a time does not. With larger batches Faust acks a
+        batch's events only after the loop body is done with it.
+        """
+        if self.settings.agent_batch <= 1:
+            async for event in stream.events():
+                yield [event]
+            return
+        async for events in stream.take_events(self.settings.agent_batch, self.settings.take_within_s):
+            yield list(events)
+
+    async def accept_all(self, stage: str, events: Sequence[faust.EventT], expect: str) -> list[Accepted]:
+        """`accept` each event in order; the dead-lettered ones are left out."""
+        accepted = []
+        for event in events:
+            record = await self.accept(stage, event, expect)
+            if record is not None:
+                accepted.append((event, record))
+        return accepted
 
     async def accept(self, stage: str, event: faust.EventT, expect: str) -> Record | None:
         """Decode an event's value as one of topic `expect`'s kinds, or dead-letter it."""

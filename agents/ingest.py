@@ -4,19 +4,40 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import faust
 
-from agents.context import CloudContext
+from agents.context import Accepted, CloudContext, put, segments
 from core.features import FeatureSpace, History, event_to_sample
 from core.privacy import device_pseudonym, user_pseudonym
 from core.sample import Sample
 from streams.schemas import (
-    BehaviourEvent, DevicePull, HistoryState, PullRequest, SampleBatch, SampleRecord, UpEnvelope,
+    BehaviourEvent, DevicePull, HistoryState, PullRequest, SampleBatch, UpEnvelope,
 )
 
 SAMPLE_ACTIONS = frozenset({"impression", "click"})  # other actions only extend the history
 DAY = 86_400
+# Samples per SampleBatch: a batch of envelopes may hold many of one user's; at most ~300
+# bytes each keeps every SampleBatch well under the 1 MB message limit the next stage enforces.
+MAX_BATCH_SAMPLES = 1000
+
+
+@dataclass
+class UserIngest:
+    """One user's part of a batch: its history as it evolves and the sample batches to send."""
+
+    history: HistoryState
+    partition: int = 0  # of the last envelope that touched the user: where one at a time wrote last
+    chunks: list[tuple[str, list[Sample]]] = field(default_factory=list)  # (device, samples)
+
+    def add(self, device: str, samples: list[Sample]) -> None:
+        """Consecutive samples from one device share a batch; a device change starts a new one."""
+        for sample in samples:
+            last = self.chunks[-1] if self.chunks else None
+            if last is None or last[0] != device or len(last[1]) >= MAX_BATCH_SAMPLES:
+                self.chunks.append((device, []))
+            self.chunks[-1][1].append(sample)
 
 
 def register(ctx: CloudContext) -> None:
@@ -25,25 +46,39 @@ def register(ctx: CloudContext) -> None:
 
     @ctx.app.agent(ctx.topic("up"), name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            record = await ctx.accept("ingest", event, "up")
-            if isinstance(record, UpEnvelope):
-                device = device_pseudonym(key, record.device_id)
-                for user_id, events in _by_user(record.events).items():
-                    user = user_pseudonym(key, user_id)
-                    state = histories.get(user.encode()) or HistoryState()
-                    samples, state = build_samples(user, events, state, ctx.settings.features)
-                    if samples:  # output before state: a crash in between re-sends, never loses
-                        batch = SampleBatch(user, device, [SampleRecord.of(s) for s in samples])
-                        await ctx.send("samples", user, batch)
-                    histories[user.encode()] = state
-                    ctx.stage("ingest").extra["samples"] += len(samples)
-            elif isinstance(record, PullRequest):
-                pull = DevicePull(record.request_id, device_pseudonym(key, record.device_id),
-                                  user_pseudonym(key, record.user_id), record.ts // DAY, record.max_batches)
-                await ctx.send("gather", pull.device, pull)
-            if record is not None:
-                ctx.stage("ingest").processed += 1
+        async for events in ctx.batches(stream):
+            accepted = await ctx.accept_all("ingest", events, "up")
+            for run, pull in segments(accepted, PullRequest):  # a pull comes after its samples
+                await _ingest(run)
+                if pull is not None:
+                    assert isinstance(pull[1], PullRequest)
+                    await _forward(pull[1])
+            ctx.stage("ingest").processed += len(accepted)
+
+    async def _ingest(run: list[Accepted]) -> None:
+        """Envelopes in order; each user's history is read and written once per run."""
+        users: dict[str, UserIngest] = {}
+        for event, envelope in run:
+            assert isinstance(envelope, UpEnvelope)
+            device = device_pseudonym(key, envelope.device_id)
+            for user_id, events in _by_user(envelope.events).items():
+                user = user_pseudonym(key, user_id)
+                part = users.get(user) or UserIngest(histories.get(user.encode()) or HistoryState())
+                samples, part.history = build_samples(user, events, part.history, ctx.settings.features)
+                part.partition = event.message.partition
+                part.add(device, samples)
+                users[user] = part
+                ctx.stage("ingest").extra["samples"] += len(samples)
+        for user, part in users.items():  # output before state: a crash in between re-sends, never loses
+            for device, samples in part.chunks:
+                await ctx.send("samples", user, SampleBatch.of(user, device, samples))
+        for user, part in users.items():
+            await put(histories, part.partition, user.encode(), part.history)
+
+    async def _forward(record: PullRequest) -> None:
+        pull = DevicePull(record.request_id, device_pseudonym(key, record.device_id),
+                          user_pseudonym(key, record.user_id), record.ts // DAY, record.max_batches)
+        await ctx.send("gather", pull.device, pull)
 
 
 def _by_user(events: Iterable[BehaviourEvent]) -> dict[str, list[BehaviourEvent]]:

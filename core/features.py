@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +23,13 @@ class FeatureSpace:
 
 def bucket(value: object, buckets: int, salt: str = "") -> int:
     """Stable hash of `value` into [0, buckets); never Python's randomized `hash`."""
-    digest = hashlib.blake2b(f"{salt}\x1f{value}".encode(), digest_size=8).digest()
+    return _hashed(f"{salt}\x1f{value}", buckets)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _hashed(text: str, buckets: int) -> int:
+    """Item ids, tags and profile values recur in every event: hash each text once (ingest's top cost)."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % buckets
 
 
@@ -114,6 +121,24 @@ def user_feature(sample: Sample, space: FeatureSpace) -> list[float]:
     """
     seq_tags = list(sample.seq_tags) + [sample.tags]
     return sequence_tag_histogram(seq_tags, space)
+
+
+def user_feature_sparse(sample: Sample) -> dict[int, float]:
+    """`user_feature`'s non-zero entries, bucket -> value, with bit-identical values.
+
+    The same additions in the same order (a zero adds nothing to a sum of non-negative
+    floats), without building, dividing and adding a dense vector per sample.
+    """
+    hist: dict[int, float] = {}
+    for tags in [*sample.seq_tags, sample.tags]:
+        if not tags:
+            continue
+        share = 1.0 / len(tags)
+        for t in tags:
+            hist[t] = hist.get(t, 0.0) + share
+    order = sorted(hist)
+    total = sum(hist[t] for t in order)
+    return {t: hist[t] / total for t in order} if total > 0 else {}
 
 
 def is_finite_vector(vector: Sequence[float]) -> bool:

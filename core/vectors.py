@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from core.features import FeatureSpace, user_feature
+from core.features import FeatureSpace, user_feature_sparse
 from core.sample import Sample
 
 DAY = 86_400
@@ -31,13 +31,14 @@ class UserAccumulator:
         """Fold new samples in; returns those that were actually new."""
         if not self.total:
             self.total = [0.0] * space.tag_buckets
+        self.total = list(self.total)  # updated in place below: never the caller's list
         fresh = []
         for sample in samples:
             if sample.sample_id in self.counted:
                 continue
             self.counted[sample.sample_id] = sample.ts
-            feature = user_feature(sample, space)
-            self.total = [t + f for t, f in zip(self.total, feature, strict=True)]
+            for bucket, value in user_feature_sparse(sample).items():  # the zeros would add nothing
+                self.total[bucket] += value
             self.count += 1
             self.last_ts = max(self.last_ts, sample.ts)
             fresh.append(sample)

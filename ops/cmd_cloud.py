@@ -29,16 +29,16 @@ async def train_and_publish(settings: Settings, until_day: int | None, epochs: i
     from core.training import TrainConfig
     from ops.topicio import read_records
     from streams.kafka import producer
-    from streams.schemas import GlobalModel, SampleBatch, encode
+    from streams.schemas import GlobalModel, SampleBatch, SampleBatchV1, encode
     from streams.topics import load_topics
 
     topics = load_topics(settings.topics_file, settings.topic_prefix)
     pool = {}
     for record in await read_records(settings, topics.name("samples")):
-        if isinstance(record, SampleBatch):
-            for s in record.samples:
+        if isinstance(record, SampleBatch | SampleBatchV1):
+            for s in record.to_samples():
                 if until_day is None or s.ts // 86_400 <= until_day:
-                    pool.setdefault(s.sample_id, s.to_sample())
+                    pool.setdefault(s.sample_id, s)
     if not pool:
         raise RuntimeError(f"no samples on {topics.name('samples')} to train the global model on")
     cfg = TrainConfig(lr=settings.learning_rate, batch_size=256, epochs=epochs, seed=seed)

@@ -11,7 +11,7 @@ from typing import Any
 from core.features import FeatureSpace, user_feature
 from core.sample import Sample
 from ops.topicio import read_records
-from streams.schemas import BatchRecord, DeadLetter, DownBatch, MatchResult, SampleBatch, UserVector
+from streams.schemas import BatchRecord, DeadLetter, DownBatch, MatchResult, SampleBatch, SampleBatchV1, UserVector
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -34,9 +34,9 @@ async def collect(settings: Settings, topics: Topics) -> RunRecords:
         if isinstance(r, UserVector):
             run.vectors[r.user] = r
     for r in await read_records(settings, topics.name("samples")):
-        if isinstance(r, SampleBatch):
-            for s in r.samples:
-                run.samples.setdefault(s.sample_id, s.to_sample())
+        if isinstance(r, SampleBatch | SampleBatchV1):
+            for s in r.to_samples():
+                run.samples.setdefault(s.sample_id, s)
     run.matches = [r for r in await read_records(settings, topics.name("matches")) if isinstance(r, MatchResult)]
     run.batches = [r for r in await read_records(settings, topics.name("batch-log")) if isinstance(r, BatchRecord)]
     run.down = [r for r in await read_records(settings, topics.name("down")) if isinstance(r, DownBatch)]

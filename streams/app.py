@@ -164,6 +164,7 @@ def create_app(settings: Settings, topics: Topics | None = None, app_id: str | N
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         producer_max_request_size=16_000_000,
+        producer_max_batch_size=1_000_000,
         stream_wait_empty=False,
         datadir=str(datadir),
         key_serializer="raw",

@@ -88,7 +88,10 @@ class Settings:
     heartbeat_interval_s: float = field(default=1.0, metadata=_env("heartbeat_interval_s"))
     # Faust hard-codes a 1.5 s fetch wait; every agent hop of a pull paid it on Tansu
     fetch_max_wait_ms: int = field(default=20, metadata=_env("fetch_max_wait_ms"))
-    take_max: int = field(default=500, metadata=_env("take_max"))
+    take_max: int = field(default=500, metadata=_env("take_max"))  # records per fleet poll
+    # the ingest and user-vector agents fold up to agent_batch events at once (Faust's
+    # take_events, waiting at most take_within_s); 1: one at a time (see CloudContext.batches)
+    agent_batch: int = field(default=1, metadata=_env("agent_batch"))
     take_within_s: float = field(default=0.05, metadata=_env("take_within_s"))
 
     @property

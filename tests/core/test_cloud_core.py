@@ -7,7 +7,7 @@ import random
 from hypothesis import given, strategies as st
 
 from core.batching import DailyQuota, chunk
-from core.features import FeatureSpace, user_feature
+from core.features import FeatureSpace, user_feature, user_feature_sparse
 from core.matching import group_by_partition, merge_answers, most_recent_unserved, per_neighbour_ask
 from core.privacy import device_pseudonym, user_pseudonym
 from core.sample import Sample
@@ -59,6 +59,25 @@ def test_incremental_mean_equals_batch_mean_and_is_idempotent() -> None:
     assert acc.count == 50
     expected = mean_vector([user_feature(s, SPACE) for s in samples])
     assert max(abs(a - b) for a, b in zip(acc.mean, expected, strict=True)) < 1e-12
+
+
+def test_sparse_user_feature_is_bit_identical_to_the_dense_sum() -> None:
+    """The accumulator adds sparse features; its total equals the dense running sum exactly."""
+    rng = random.Random(3)
+
+    def tags() -> tuple[int, ...]:
+        return tuple(sorted(rng.sample(range(SPACE.tag_buckets), rng.randrange(4))))
+
+    samples = [Sample(f"s{i}", "u", 1000 + i, 1, tags(), (1,) * 20, tuple(tags() for _ in range(20)), (), 0)
+               for i in range(200)]
+    dense = [0.0] * SPACE.tag_buckets
+    for s in samples:
+        feature = user_feature(s, SPACE)
+        assert user_feature_sparse(s) == {i: f for i, f in enumerate(feature) if f}
+        dense = [t + f for t, f in zip(dense, feature, strict=True)]
+    acc = UserAccumulator()
+    acc.add(samples, SPACE)
+    assert acc.total == dense
 
 
 def test_prune_keeps_window() -> None:

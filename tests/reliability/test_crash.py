@@ -143,7 +143,7 @@ async def test_broker_outage_clients_retry_and_resume_and_replay_restores(tmp_pa
 
         async def resumed() -> bool:
             samples = [r for r in await read_records(live, topics.name("samples")) if isinstance(r, SampleBatch)]
-            return any(s.ts // DAY == plans[1].day for b in samples for s in b.samples)
+            return any(s.ts // DAY == plans[1].day for b in samples for s in b.to_samples())
 
         await _until(resumed, 120, "samples of the day after the outage")
         procs.check()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import msgpack
 import pytest
@@ -30,7 +30,9 @@ def examples() -> list[s.Record]:
         s.PullRequest("dev-1", "user-1", 1_700_000_000, "r1", 12),
         s.DeviceActions("dev-1", [event], 19_000),
         sample,
-        s.SampleBatch("u", "d", [sample, sample]),
+        s.SampleSet.of([sample.to_sample()]),  # samples carry their user in the batch, not in the set
+        s.SampleBatchV1("u", "d", [sample, sample]),
+        s.SampleBatch.of("u0", "d", [make_sample(rng, i) for i in (0, 3, 6)]),
         s.DayEnd(19_000),
         s.UserVector("u", [0.25, 0.75], 4, 100),
         s.MatchRequest("r1", "u", "d", 19_000, 300),
@@ -44,7 +46,9 @@ def examples() -> list[s.Record]:
         s.GlobalModel("v1", 5, b"\x00weights", {"emb_dim": "3"}, {"auc": "0.7"}),
         s.DeadLetter(b"\xff", "bad_msgpack", "detail", "coda.up", 3, 42, "ingest"),
         s.HistoryState([1, 2], [[3], [4, 5]], ["s0"]),
-        s.UserState(2, [0.5, 1.5], 10, ["s0"], [10], [sample], "d"),
+        s.UserStateV1(2, [0.5, 1.5], 10, ["s0"], [10], [sample], "d"),
+        s.UserState(2, [0.5, 1.5], 10, ["s0"], [10], "d"),
+        s.RecentSamples(s.SampleSet.of([make_sample(rng, i) for i in range(2)])),
         s.IdList(["a", "b"], [1, 2]),
         s.MatchCache([19_000], [["n1", "n2"]]),
         s.PendingGather("r1", 19_000, 2, [0], ["n1"], [sample]),
@@ -129,6 +133,39 @@ def test_unexpected_kind_on_a_topic() -> None:
     """decode(expect=...) refuses a valid record of the wrong kind."""
     with pytest.raises(s.SchemaError, match="unexpected_kind"):
         s.decode(s.encode(s.DayEnd(1)), expect=s.UNIONS["UpMessage"])
+
+
+def test_sample_sets_round_trip_exactly_and_share_the_timeline() -> None:
+    """A user's consecutive samples (sliding sequences) and unrelated ones come back equal."""
+    from agents.ingest import build_samples
+    from core.features import FeatureSpace
+
+    events = [s.BehaviourEvent("u1", 1_000 + i, f"item-{i % 7}", [f"t{i % 3}", f"t{i % 5}"],
+                               "click" if i % 3 else "like") for i in range(60)]
+    samples, _ = build_samples("u", events, s.HistoryState(), FeatureSpace(seq_len=20))
+    rng = random.Random(2)
+    unrelated = [replace(make_sample(rng, i), user="u") for i in range(20)]
+    for group in (samples, unrelated, samples[::-1], []):
+        batch = s.SampleBatch.of("u", "d", group)
+        assert s.decode(s.encode(batch)).to_samples() == [x for x in group]
+    shared = s.SampleSet.of(samples)
+    assert len(shared.timeline) < 2 * len(samples) + 20  # not one 20-long sequence per sample
+    one_by_one = s.SampleBatchV1("u", "d", [s.SampleRecord.of(x) for x in samples])
+    assert len(s.encode(shared)) * 2 < len(s.encode(one_by_one))
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda b: b["samples"]["ts"].pop(),  # a column shorter than the others
+    lambda b: b["samples"]["seq_to"].__setitem__(0, 10**6),  # a window past the timeline
+    lambda b: b["samples"]["timeline_tags"].pop(),  # timeline and tags of different lengths
+])
+def test_inconsistent_sample_sets_are_refused(mutate) -> None:  # type: ignore[no-untyped-def]
+    """Column lengths and sequence windows are checked, not only each field."""
+    rng = random.Random(4)
+    body = _body(s.SampleBatch.of("u", "d", [replace(make_sample(rng, i), user="u") for i in range(3)]))
+    mutate(body)
+    with pytest.raises(s.SchemaError, match="inconsistent"):
+        s.decode(msgpack.packb(body))
 
 
 def test_garbled_payload() -> None:
