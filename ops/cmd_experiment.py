@@ -19,6 +19,14 @@ SWEEP_K = (10, 30, 100)
 SWEEP_SIGMA = (0.05, 0.2, 0.5)
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="movielens-100k", help="movielens-100k (default) | synthetic")
     parser.add_argument("--out", type=Path, default=Path("out/experiment"), help="directory for the report")
@@ -39,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offline", action="store_true",
                         help="also run the offline (batch) reference on the same split and report agreement")
     parser.add_argument("--sweep", action="store_true",
-                        help=f"K × σ sweep ({SWEEP_K} × {SWEEP_SIGMA}) with the offline reference")
+                        help=f"K × σ sweep (default {SWEEP_K} × {SWEEP_SIGMA}) with the offline reference")
+    parser.add_argument("--sweep-k", type=_ints, default=SWEEP_K, help="K values of the sweep, e.g. 30,100")
+    parser.add_argument("--sweep-sigma", type=_floats, default=SWEEP_SIGMA, help="σ values of the sweep, e.g. 0.2,0.5")
     parser.add_argument("--parallel", type=int, default=3, help="seeds whose pipelines run at once "
                         "(1: one after another, leanest; default 3 fits the 20-minute budget on 2 cores)")
     parser.add_argument("--tune", action="store_true", help="score training-schedule variants on a split of "
@@ -79,7 +89,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         results = run_experiment(settings, split, params, say, args.offline, args.keep_state, args.parallel,
                                  args.out)
     if args.sweep:
-        results["sweep"] = sweep(settings, split, params, say)
+        results["sweep"] = sweep(settings, split, params, say, args.sweep_k, args.sweep_sigma)
     if args.tune:
         from ops.tuning import tune
 
@@ -151,15 +161,16 @@ def stream_logs(run: Any) -> Any:
                     {d.pseudonym: d.trains for d in run.devices})
 
 
-def sweep(settings: Settings, split: Any, params: Any, say: Any) -> dict[str, Any]:
+def sweep(settings: Settings, split: Any, params: Any, say: Any, ks: tuple[int, ...] = SWEEP_K,
+          sigmas: tuple[float, ...] = SWEEP_SIGMA) -> dict[str, Any]:
     """K × σ with the offline reference (it reproduces the stream's scores; see tests/ops/test_experiment.py)."""
     from core.arms import ARMS
     from ops import abtest
     from ops.offline import run_offline
 
     out: dict[str, Any] = {"engine": "offline reference", "grid": []}
-    for k in SWEEP_K:
-        for sigma in SWEEP_SIGMA:
+    for k in ks:
+        for sigma in sigmas:
             p = replace(params, k=k, sigma=sigma)
             rows = []
             for seed in params.seeds:
