@@ -18,7 +18,6 @@ Three parts, usable on their own:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -34,8 +33,8 @@ import msgpack
 
 from agents.ingest import build_samples
 from agents.vectors import fold
-from agents.worker import worker_dir
 from core.privacy import device_pseudonym, user_pseudonym
+from ops.cloudrun import merged_worker_stats
 from ops.exports import RunRecords
 from ops.pipeline import WORKER_TOPICS, Processes, barrier
 from ops.replay import DAY, DayPlan
@@ -489,15 +488,7 @@ class ChaosRun:
         await barrier(self.settings, self.topics, self.workers, False, self._procs, timeout_s=300)
 
     def worker_stats(self) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        for i in range(self.workers):
-            path = worker_dir(self.settings, str(i)) / "stats.json"
-            stats = json.loads(path.read_text()) if path.exists() else {}
-            for stage, counts in stats.items():
-                if isinstance(counts, dict):
-                    bucket = merged.setdefault(stage, Counter())
-                    bucket.update({k: v for k, v in counts.items() if isinstance(v, int) and k != "points"})
-        return {stage: dict(c) for stage, c in merged.items()}
+        return merged_worker_stats(self.settings, self.workers)
 
 
 def reconcile(stats: dict[str, Any], ledger: Ledger, letters: int) -> dict[str, Any]:

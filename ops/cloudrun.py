@@ -58,16 +58,21 @@ class CloudRun:
             await barrier(self.settings, self.topics, self.workers, False, procs)
 
     def worker_stats(self) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        for i in range(self.workers):
-            path = worker_dir(self.settings, str(i)) / "stats.json"
-            stats = json.loads(path.read_text()) if path.exists() else {}
-            for stage, counts in stats.items():
-                if isinstance(counts, dict):
-                    bucket = merged.setdefault(stage, {})
-                    for k, v in counts.items():
-                        if isinstance(v, int | float) and k != "points":
-                            bucket[k] = bucket.get(k, 0) + v
-                        elif k == "points":
-                            bucket[k] = max(bucket.get(k, 0), v)
-        return merged
+        return merged_worker_stats(self.settings, self.workers)
+
+
+def merged_worker_stats(settings: Settings, workers: int) -> dict[str, Any]:
+    """Every worker's stats.json, summed per stage (`points`, a gauge, takes the largest)."""
+    merged: dict[str, Any] = {}
+    for i in range(workers):
+        path = worker_dir(settings, str(i)) / "stats.json"
+        stats = json.loads(path.read_text()) if path.exists() else {}
+        for stage, counts in stats.items():
+            if isinstance(counts, dict):
+                bucket = merged.setdefault(stage, {})
+                for k, v in counts.items():
+                    if k == "points":
+                        bucket[k] = max(bucket.get(k, 0), v)
+                    elif isinstance(v, int | float):
+                        bucket[k] = bucket.get(k, 0) + v
+    return merged
