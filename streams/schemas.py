@@ -729,6 +729,13 @@ def unpack_samples(payload: bytes, max_bytes: int = 10_000_000) -> list[Sample]:
         raise SchemaError("bad_payload", f"{type(exc).__name__}: {exc}") from None
     if not isinstance(rows, list):
         raise SchemaError("bad_payload", "payload is not a list of samples")
+    if _rows_valid(rows):
+        return [Sample(sid, "", ts, item, tuple(tags), tuple(seq), tuple(map(tuple, seq_tags)), tuple(profile), label)
+                for sid, ts, item, tags, seq, seq_tags, profile, label in rows]
+    return _samples_row_by_row(rows)  # something is wrong: the error names the row and field
+
+
+def _samples_row_by_row(rows: list[Any]) -> list[Sample]:
     out = []
     for i, row in enumerate(rows):
         try:
@@ -742,3 +749,40 @@ def unpack_samples(payload: bytes, max_bytes: int = 10_000_000) -> list[Sample]:
             raise SchemaError("bad_payload", f"payload[{i}]: {exc}") from None
         out.append(rec.to_sample())
     return out
+
+
+def _rows_valid(rows: list[Any]) -> bool:
+    """Whether every payload row passes `SampleRecord`'s checks, column by column at C speed.
+
+    A device validates every matched sample it receives; row by row that was ~50 µs a sample,
+    most of a device's Python time per batch. False sends the payload down the row-by-row
+    path, which names what is wrong.
+    """
+    if not rows:
+        return True
+    if set(map(type, rows)) != {list} or set(map(len, rows)) != {8}:
+        return False
+    sids, ts, items, tags, seqs, seq_tags, profiles, labels = zip(*rows, strict=True)
+    meta = {f.name: dict(f.metadata) for f in fields(SampleRecord)}
+    return (_ints_valid(list(ts), meta["ts"]) and _ints_valid(list(items), meta["item"])
+            and _ints_valid(list(labels), meta["label"])
+            and set(map(type, sids)) == {str} and max(map(len, sids)) <= meta["sample_id"]["max_len"]
+            and all(_int_lists_valid(column, meta[name]) for column, name in
+                    ((tags, "tags"), (seqs, "seq"), (profiles, "profile")))
+            and _lists_valid(seq_tags, meta["seq_tags"]["max_len"])
+            and _int_lists_valid(list(itertools.chain.from_iterable(seq_tags)), {**meta["seq_tags"], "max_len": None}))
+
+
+def _ints_valid(values: list[Any], meta: dict[str, Any]) -> bool:
+    check = _fast_scalars(int, meta)
+    assert check is not None
+    return check(values)
+
+
+def _lists_valid(lists: Sequence[Any], max_len: int | None) -> bool:
+    return not set(map(type, lists)) - {list} and (max_len is None or max(map(len, lists), default=0) <= max_len)
+
+
+def _int_lists_valid(lists: Sequence[Any], meta: dict[str, Any]) -> bool:
+    """Every entry a list of at most `max_len` ints, each in range."""
+    return _lists_valid(lists, meta.get("max_len")) and _ints_valid(list(itertools.chain.from_iterable(lists)), meta)

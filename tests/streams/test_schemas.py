@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import fields, replace
 
 import msgpack
@@ -189,3 +190,23 @@ def test_record_fields_are_typed() -> None:
     for cls in s.REGISTRY.values():
         for f in fields(cls):
             assert f.type is not None
+
+
+_ODD_VALUES = [True, -1, 2**31 + 1, 2**41, 1.5, "7", None, [], [1], [[1]], [-1], ["x"], list(range(65)),
+               [[1, 2], [3]], [[True]], "x" * 65, b"raw", {"a": 1}]
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.integers(0, 4), st.integers(0, 7), st.sampled_from(_ODD_VALUES))
+def test_whole_payload_check_accepts_only_what_the_row_check_accepts(row: int, column: int, value: object) -> None:
+    """The column-wise fast path never lets through a row the per-row `SampleRecord` check refuses."""
+    rng = random.Random(row * 8 + column)
+    rows = msgpack.unpackb(zlib.decompress(s.pack_samples([make_sample(rng, i) for i in range(5)])))
+    assert s._rows_valid(rows)  # noqa: SLF001 - valid payloads take the fast path
+    rows[row][column] = value
+    try:
+        slow = s._samples_row_by_row(rows)  # noqa: SLF001
+    except s.SchemaError:
+        slow = None
+    if s._rows_valid(rows):  # noqa: SLF001
+        assert slow is not None and s.unpack_samples(zlib.compress(msgpack.packb(rows))) == slow
