@@ -70,7 +70,7 @@ async def _soak(args: argparse.Namespace, settings: Settings, root: Settings) ->
     from streams.topics import load_topics
 
     started = time.monotonic()
-    own_stack = root.embedded and stack.StackState.load(stack_file(root)) is None
+    own_stack = root.embedded and stack.StackState.running(stack_file(root)) is None
     if own_stack:
         await asyncio.to_thread(stack.up, root, load_topics())
     try:

@@ -58,7 +58,7 @@ class Demo:
         from streams.topics import load_topics
 
         t0 = time.monotonic()
-        if self.root.embedded and stack.StackState.load(stack_file(self.root)) is None:
+        if self.root.embedded and stack.StackState.running(stack_file(self.root)) is None:
             await asyncio.to_thread(stack.up, self.root, load_topics())
             self.started_stack = True
         settings = self._bind(self.settings)

@@ -283,7 +283,7 @@ def run_streaming(root: Settings, split: Split, params: Params, say: Say, keep_s
     from streams.topics import load_topics
 
     started = False
-    if root.embedded and stack.StackState.load(stack_file(root)) is None:
+    if root.embedded and stack.StackState.running(stack_file(root)) is None:
         stack.up(root, load_topics())
         started = True
     stamp = int(time.time())

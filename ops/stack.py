@@ -50,6 +50,12 @@ class StackState:
         except (OSError, ValueError, TypeError):
             return None
 
+    @classmethod
+    def running(cls, path: Path) -> StackState | None:
+        """The recorded stack if its processes still run (a killed command can leave the file behind)."""
+        state = cls.load(path)
+        return state if state is not None and all(alive(pid) for pid in state.pids) else None
+
 
 def free_port() -> int:
     with socket.socket() as sock:
