@@ -43,6 +43,18 @@ def fold(state: UserState | UserStateV1 | None, samples: list[Sample], space: Fe
     return to_state(acc, device or (state.device if state else "")), fresh
 
 
+def vector_to_publish(user: str, state: UserState, received: int) -> UserVector | None:
+    """The user's vector after a batch of `received` samples; None when there is nothing to say.
+
+    Also after a batch whose samples were all counted before (a redelivery): the vector's
+    first publish may be what a crash lost, since the producer keeps no order between the
+    vector's partition and the state's changelog. Publishing it again is harmless.
+    """
+    if not received or not state.count:
+        return None
+    return UserVector(user, [t / state.count for t in state.total], state.count, state.last_ts)
+
+
 def window_of(last_ts: int, window_days: int) -> range:
     """The event-time days whose samples a user keeps: the match window ending on its newest day."""
     last = last_ts // DAY
@@ -75,7 +87,7 @@ class UserUpdate:
     user: str
     partition: int  # the user's samples partition: every changelog record of the user goes there
     state: UserState
-    vector: UserVector | None  # None: no new sample, nothing to publish
+    vector: UserVector | None  # None: no sample, nothing to publish
     days: dict[int, list[Sample]]  # in-window days rewritten
     expired: range  # days that left the window
 
@@ -118,8 +130,7 @@ def register(ctx: CloudContext) -> faust.Table:
         device = next((b.device for b in reversed(batches) if b.device), "")
         state, fresh = fold(before, samples, s.features, s.match_window_days, device)
         ctx.stage("vectors").extra["duplicate_samples"] += len(samples) - len(fresh)
-        vector = (UserVector(user, [t / state.count for t in state.total], state.count, state.last_ts)
-                  if fresh else None)
+        vector = vector_to_publish(user, state, len(samples))
         window = window_of(state.last_ts, s.match_window_days)
         # a v1 state still holds its samples: they move to day keys on its first write
         legacy = [r.to_sample() for r in before.recent] if isinstance(before, UserStateV1) else []
