@@ -97,6 +97,7 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def getmany(self, timeout: float) -> Any:  # an async generator, like Faust's
         expected, rereads = self._coda_state()
+        await self._reread_dropped(expected, rereads)
         rewound: set[Any] = set()
         async for tp, message in super().getmany(timeout):
             if tp in rewound:
@@ -115,6 +116,42 @@ class _Consumer(faust_aiokafka.Consumer):
             rereads.pop(tp, None)
             expected[tp] = message.offset + 1
             yield tp, message
+
+    async def _reread_dropped(self, expected: dict[Any, int], rereads: dict[Any, int]) -> None:
+        """Seek back where the fetch position passed records that were never delivered.
+
+        Faust also drops fetched records when a rebalance or recovery interrupts a fetch, and
+        counts on its seek to committed offsets; when a late fetch overtakes that seek, the
+        position ends past records no stream saw, and at the end of a partition no later
+        record arrives to reveal the jump (seen with batched agents after a SIGKILL: `up`
+        partitions stuck with 19 records never processed, chaos seed 8). Between two of
+        these calls every record the fetcher returned has passed `getmany`, so a position
+        beyond the next offset due always means dropped records.
+        """
+        positions = self._fetch_positions()
+        for tp, want in list(expected.items()):
+            position = positions.get(tp)
+            if position is None or position <= want or not self._guarded(tp):
+                continue
+            rereads[tp] = rereads.get(tp, 0) + 1
+            if rereads[tp] > self.MAX_REREADS:
+                log.error("%s[%d]: fetched up to %d but %d..%d were never delivered after %d tries; going on",
+                          tp.topic, tp.partition, position, want, position - 1, self.MAX_REREADS)
+                expected[tp] = position
+                continue
+            log.warning("%s[%d]: fetched up to %d but offsets from %d were never delivered; reading them again",
+                        tp.topic, tp.partition, position, want)
+            await self.seek(tp, want)
+
+    def _fetch_positions(self) -> dict[Any, int]:
+        """The aiokafka fetch position of each assigned partition (empty if it cannot be read)."""
+        try:
+            client = self._thread._ensure_consumer()  # noqa: SLF001
+            assignment = client._subscription.subscription.assignment  # noqa: SLF001
+            states = {tp: assignment.state_value(tp) for tp in assignment.tps}
+        except (AttributeError, KeyError, TypeError):  # not started, no assignment, another aiokafka
+            return {}
+        return {tp: state.position for tp, state in states.items() if state.has_valid_position}
 
     def _guarded(self, tp: Any) -> bool:
         """Stream topics only: changelogs (compacted on a real Kafka) may have genuine gaps."""
