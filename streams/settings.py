@@ -89,10 +89,9 @@ class Settings:
     # Faust hard-codes a 1.5 s fetch wait; every agent hop of a pull paid it on Tansu
     fetch_max_wait_ms: int = field(default=20, metadata=_env("fetch_max_wait_ms"))
     take_max: int = field(default=500, metadata=_env("take_max"))  # records per fleet poll
-    # the ingest and user-vector agents fold up to agent_batch events at once (Faust's
-    # take_events, waiting at most take_within_s); 1: one at a time (see CloudContext.batches)
-    agent_batch: int = field(default=1, metadata=_env("agent_batch"))
-    take_within_s: float = field(default=0.05, metadata=_env("take_within_s"))
+    # the ingest and user-vector agents fold each event with those already waiting behind
+    # it, up to agent_batch at once; 1: one at a time (see CloudContext.batches)
+    agent_batch: int = field(default=500, metadata=_env("agent_batch"))
 
     @property
     def features(self) -> FeatureSpace:

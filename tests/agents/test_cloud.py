@@ -1,4 +1,4 @@
-"""The cloud agents on the real broker: Algorithm 1 parity, exact KNN, batch rules, N-worker invariance."""
+"""The cloud agents on the real broker: Algorithm 1 parity, exact KNN, batch rules, N-worker and agent-batch invariance."""
 
 from __future__ import annotations
 
@@ -54,8 +54,9 @@ async def test_one_worker_parity_and_rules(cloud_settings: Settings) -> None:
     # nothing on the down-tunnel carries a raw id: devices and users are pseudonyms
     assert all(not b.device.startswith("dev-") for b in run.down)
 
-    two, _ = await _run(cloud_settings.replace(topic_prefix=s.topic_prefix + "x2", app_id=s.app_id + "x2"),
-                        workers=2)
+    # two workers, and events one at a time instead of in batches: the same results
+    two, _ = await _run(cloud_settings.replace(topic_prefix=s.topic_prefix + "x2", app_id=s.app_id + "x2",
+                                               agent_batch=1), workers=2)
     assert {u: v.vector for u, v in two.vectors.items()} == {u: v.vector for u, v in run.vectors.items()}
     assert sorted((m.user, m.day, tuple(m.neighbours)) for m in two.matches) == \
         sorted((m.user, m.day, tuple(m.neighbours)) for m in run.matches)
