@@ -51,8 +51,8 @@ def segments(accepted: Sequence[Accepted],
 async def put(table: faust.Table, partition: int, key: bytes, value: Record) -> None:
     """`table[key] = value`, its changelog record on `partition` (the source event's).
 
-    Faust takes the changelog partition from the current event, which a batch taken with
-    `take_events` does not set per record; each key must go with its own event's partition,
+    Faust takes the changelog partition from the current event, which in a batch is the
+    batch's last event, not each record's; each key must go with its own event's partition,
     or a restart would recover it on the wrong worker. Awaiting the send (instead of Faust's
     100-message table buffer) keeps a batch's writes from stalling the stream.
     """
