@@ -564,9 +564,9 @@ class Device:
                 f"{where}: payload holds {len(samples)} samples, header says {batch.n_samples}",
             )
         space = self.rt.space
-        if not _all_in_space(samples, space):  # one pass for the batch; per sample only to name the culprit
+        if _out_of_space(samples, space):  # one pass for the batch; per sample only to name the culprit
             for s in samples:
-                bad = _out_of_space(s, space)
+                bad = _out_of_space([s], space)
                 if bad:
                     raise Rejected(self.pseudonym, "out_of_space", f"{where}: sample {s.sample_id}: {bad}")
         return samples
@@ -886,27 +886,22 @@ def _event_fields(e: BehaviourEvent | Mapping[str, Any]) -> Mapping[str, Any]:
     return {"action": "impression", **e}
 
 
-def _all_in_space(samples: list[Sample], space: FeatureSpace) -> bool:
-    """`_out_of_space` for a whole batch in one pass (the usual case: nothing to name)."""
+def _out_of_space(samples: Sequence[Sample], space: FeatureSpace) -> str:
+    """Why the samples' buckets do not fit this device's feature space ('' if they do).
+
+    One pass over a whole batch (the usual case: nothing to name); call it per sample to
+    find the culprit.
+    """
     chain = itertools.chain.from_iterable
-    items = [*(s.item for s in samples), *chain(s.seq for s in samples)]
-    tags = [*chain(s.tags for s in samples), *chain(chain(s.seq_tags) for s in samples)]
-    profile = list(chain(s.profile for s in samples))
-    in_range = all(not v or (min(v) >= 0 and max(v) < n) for v, n in
-                   ((items, space.item_buckets), (tags, space.tag_buckets), (profile, space.profile_buckets)))
-    return in_range and all(len(s.seq) == len(s.seq_tags) for s in samples)
-
-
-def _out_of_space(s: Sample, space: FeatureSpace) -> str:
-    """Why a sample's buckets do not fit this device's feature space ('' if they do)."""
     checks = (
-        ("item", [s.item, *s.seq], space.item_buckets),
-        ("tag", [*s.tags, *(t for ts in s.seq_tags for t in ts)], space.tag_buckets),
-        ("profile", list(s.profile), space.profile_buckets),
+        ("item", [*(s.item for s in samples), *chain(s.seq for s in samples)], space.item_buckets),
+        ("tag", [*chain(s.tags for s in samples), *chain(chain(s.seq_tags) for s in samples)], space.tag_buckets),
+        ("profile", list(chain(s.profile for s in samples)), space.profile_buckets),
     )
     for name, values, buckets in checks:
         if values and (min(values) < 0 or max(values) >= buckets):
             return f"{name} bucket outside [0, {buckets})"
-    if len(s.seq) != len(s.seq_tags):
-        return f"seq has {len(s.seq)} items but {len(s.seq_tags)} tag lists"
+    for s in samples:
+        if len(s.seq) != len(s.seq_tags):
+            return f"seq has {len(s.seq)} items but {len(s.seq_tags)} tag lists"
     return ""

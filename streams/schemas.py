@@ -763,26 +763,26 @@ def _rows_valid(rows: list[Any]) -> bool:
     if set(map(type, rows)) != {list} or set(map(len, rows)) != {8}:
         return False
     sids, ts, items, tags, seqs, seq_tags, profiles, labels = zip(*rows, strict=True)
-    meta = {f.name: dict(f.metadata) for f in fields(SampleRecord)}
-    return (_ints_valid(list(ts), meta["ts"]) and _ints_valid(list(items), meta["item"])
-            and _ints_valid(list(labels), meta["label"])
-            and set(map(type, sids)) == {str} and max(map(len, sids)) <= meta["sample_id"]["max_len"]
-            and all(_int_lists_valid(column, meta[name]) for column, name in
+    ints, max_len = _sample_checks()
+    return (ints["ts"](list(ts)) and ints["item"](list(items)) and ints["label"](list(labels))
+            and set(map(type, sids)) == {str} and max(map(len, sids)) <= max_len["sample_id"]
+            and all(_int_lists_valid(column, max_len[name], ints[name]) for column, name in
                     ((tags, "tags"), (seqs, "seq"), (profiles, "profile")))
-            and _lists_valid(seq_tags, meta["seq_tags"]["max_len"])
-            and _int_lists_valid(list(itertools.chain.from_iterable(seq_tags)), {**meta["seq_tags"], "max_len": None}))
+            and _int_lists_valid(seq_tags, max_len["seq_tags"], None)
+            and _int_lists_valid(list(itertools.chain.from_iterable(seq_tags)), None, ints["seq_tags"]))
 
 
-def _ints_valid(values: list[Any], meta: dict[str, Any]) -> bool:
-    check = _fast_scalars(int, meta)
-    assert check is not None
-    return check(values)
+@functools.cache
+def _sample_checks() -> tuple[dict[str, Callable[[list[Any]], bool]], dict[str, int | None]]:
+    """`SampleRecord`'s limits, compiled once: whole-list int checks and length limits per field."""
+    meta = {f.name: dict(f.metadata) for f in fields(SampleRecord)}
+    ints = {name: check for name, m in meta.items() if (check := _fast_scalars(int, m)) is not None}
+    return ints, {name: m.get("max_len") for name, m in meta.items()}
 
 
-def _lists_valid(lists: Sequence[Any], max_len: int | None) -> bool:
-    return not set(map(type, lists)) - {list} and (max_len is None or max(map(len, lists), default=0) <= max_len)
-
-
-def _int_lists_valid(lists: Sequence[Any], meta: dict[str, Any]) -> bool:
-    """Every entry a list of at most `max_len` ints, each in range."""
-    return _lists_valid(lists, meta.get("max_len")) and _ints_valid(list(itertools.chain.from_iterable(lists)), meta)
+def _int_lists_valid(lists: Sequence[Any], max_len: int | None,
+                     ints: Callable[[list[Any]], bool] | None) -> bool:
+    """Every entry a list of at most `max_len` items; with `ints`, the items pass it, all at once."""
+    if set(map(type, lists)) - {list} or (max_len is not None and max(map(len, lists), default=0) > max_len):
+        return False
+    return ints is None or ints(list(itertools.chain.from_iterable(lists)))
