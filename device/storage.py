@@ -180,13 +180,13 @@ async def open_database(path: Path) -> aiosqlite.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = await aiosqlite.connect(path, isolation_level=None)  # we BEGIN/COMMIT ourselves
     try:
-        await conn.execute("PRAGMA journal_mode=WAL")
+        # one trip to the connection's thread for all settings (each trip costs a thread handoff);
         # NORMAL in WAL: a killed process loses nothing committed; only power loss may drop the tail
-        await conn.execute("PRAGMA synchronous=NORMAL")
-        await conn.execute("PRAGMA busy_timeout=5000")
-        await conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        async with conn.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
+        await conn.executescript(
+            f"PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; "
+            f"PRAGMA cache_size=-{CACHE_KIB};"
+        )
+        row = next(iter(await conn.execute_fetchall("PRAGMA user_version")), None)
         if not row or row[0] != SCHEMA_VERSION:
             await conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
     except BaseException:
@@ -293,9 +293,16 @@ class DeviceStore:
             raise
         await self.conn.execute("COMMIT")
 
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        """All rows in one trip to the connection's thread (a cursor would take three)."""
+        return list(await self.conn.execute_fetchall(sql, args))
+
+    async def _first(self, sql: str, *args: Any) -> Any:
+        rows = await self._fetch(sql, *args)
+        return rows[0] if rows else None
+
     async def _rows(self, sql: str) -> list[Row]:
-        async with self.conn.execute(sql) as cur:
-            return [Row(sid, ts, score) for sid, ts, score in await cur.fetchall()]
+        return [Row(sid, ts, score) for sid, ts, score in await self._fetch(sql)]
 
     async def _insert_local(self, new: dict[str, Sample]) -> tuple[int, int]:
         existing = await self._rows("SELECT sample_id, ts, NULL FROM local_samples")
@@ -340,8 +347,8 @@ class DeviceStore:
     # ---- lifecycle
     async def local_split(self, now_ts: int, t_days: int, t2_days: int) -> LocalSplit[Sample]:
         """Local samples by use at `now_ts`, oldest first (expired ones are listed, not deleted)."""
-        async with self.conn.execute("SELECT blob FROM local_samples ORDER BY ts, sample_id") as cur:
-            samples = [sample_from_blob(b) for (b,) in await cur.fetchall()]
+        rows = await self._fetch("SELECT blob FROM local_samples ORDER BY ts, sample_id")
+        samples = [sample_from_blob(b) for (b,) in rows]
         return lifecycle.split_local(samples, now_ts, t_days, t2_days)
 
     async def expire_local(self, now_ts: int, t2_days: int) -> int:
@@ -353,8 +360,7 @@ class DeviceStore:
 
     async def outside(self, role: OutsideRole) -> list[Sample]:
         sql = "SELECT blob FROM outside_samples WHERE role = ? ORDER BY ts, sample_id"
-        async with self.conn.execute(sql, (role.value,)) as cur:
-            return [sample_from_blob(b) for (b,) in await cur.fetchall()]
+        return [sample_from_blob(b) for (b,) in await self._fetch(sql, role.value)]
 
     async def count_outside(self, role: OutsideRole | None = None) -> int:
         if role is None:
@@ -364,9 +370,8 @@ class DeviceStore:
     async def outside_counts(self) -> Counter[OutsideRole]:
         """Rows per role, in one query."""
         counts: Counter[OutsideRole] = Counter()
-        async with self.conn.execute("SELECT role, COUNT(*) FROM outside_samples GROUP BY role") as cur:
-            for role, n in await cur.fetchall():
-                counts[OutsideRole(role)] = int(n)
+        for role, n in await self._fetch("SELECT role, COUNT(*) FROM outside_samples GROUP BY role"):
+            counts[OutsideRole(role)] = int(n)
         return counts
 
     async def count_local(self) -> int:
@@ -388,8 +393,7 @@ class DeviceStore:
 
     # ---- batches, state, evaluations
     async def batch_status(self, batch_id: str) -> str | None:
-        async with self.conn.execute("SELECT status FROM batches WHERE batch_id = ?", (batch_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self._first("SELECT status FROM batches WHERE batch_id = ?", batch_id)
         return None if row is None else str(row[0])
 
     async def forget_batches(self, before_day: int) -> int:
@@ -401,23 +405,19 @@ class DeviceStore:
     async def get_state(self, key: str, default: Any = None) -> Any:
         if key in self._pending.state:
             return msgpack.unpackb(self._pending.state[key])
-        async with self.conn.execute("SELECT value FROM state WHERE key = ?", (key,)) as cur:
-            row = await cur.fetchone()
+        row = await self._first("SELECT value FROM state WHERE key = ?", key)
         return default if row is None else msgpack.unpackb(row[0])
 
     async def evaluations(self) -> list[tuple[str, int, int, float, str]]:
         """(sample_id, ts, label, score, model_version) in event-time order."""
-        async with self.conn.execute("SELECT * FROM evaluations ORDER BY ts, sample_id") as cur:
-            return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
+        return [tuple(r) for r in await self._fetch("SELECT * FROM evaluations ORDER BY ts, sample_id")]
 
     async def integrity(self) -> str:
-        async with self.conn.execute("PRAGMA integrity_check") as cur:
-            row = await cur.fetchone()
+        row = await self._first("PRAGMA integrity_check")
         return str(row[0]) if row else "no answer"
 
     async def _scalar(self, sql: str, *args: Any) -> int:
-        async with self.conn.execute(sql, args) as cur:
-            row = await cur.fetchone()
+        row = await self._first(sql, *args)
         return int(row[0]) if row else 0
 
 
