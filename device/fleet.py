@@ -3,8 +3,8 @@
 Range assignment gives partition p of both topics to the same process, and a device's
 `actions` and `down` traffic share its pseudonym as key, so a device lives wholly in one
 process; start the fleet twice and the two split the devices. Devices are created on their
-first message and hold no model in memory; concurrency is bounded by a semaphore, the
-database pool and one torch executor, so 10,000 devices cost neither threads nor models.
+first message and hold no model in memory; concurrency is bounded by a semaphore and the
+database pool, and torch jobs run one at a time, so 10,000 devices cost neither threads nor models.
 
 Delivery: offsets are committed after a fetched batch is fully processed and its outputs
 flushed (at-least-once); redelivered batches are recognised by batch id, redelivered actions

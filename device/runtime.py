@@ -2,7 +2,7 @@
 
 A `Device` holds only ids and a few counters; its samples and state live in its SQLite
 database and its models in its model store, loaded when a message needs them. Everything a
-fleet's devices share (settings, the database pool, the one torch executor, a small cache of
+fleet's devices share (settings, the database pool, where torch jobs run, a small cache of
 loaded models, accounting) is the `Runtime`.
 
 Triggers (paper section 4.4, DESIGN.md):
@@ -280,7 +280,7 @@ def fresh_initial(space: FeatureSpace, seed: int = 0) -> ModelFile:
 
 
 class Runtime:
-    """Shared by a fleet's devices: settings, database pool, one torch executor, models, accounting."""
+    """Shared by a fleet's devices: settings, database pool, where torch jobs run, models, accounting."""
 
     def __init__(
         self,
@@ -307,7 +307,7 @@ class Runtime:
             atomic_write(self.initial_path, encode_model(initial))
 
     async def run(self, fn: Callable[..., T], *args: Any) -> tuple[T, float, float]:
-        """Run blocking torch work on the executor; returns (result, wall ms, thread CPU ms).
+        """Run blocking torch work (on the loop or the executor); returns (result, wall ms, CPU ms).
 
         Wall and CPU are measured inside the job: the time spent queueing behind other
         devices' work is the fleet's, not the round's (it is kept in `queue_ms`).
@@ -319,9 +319,12 @@ class Runtime:
             out = fn(*args)
             return out, start, (time.perf_counter() - start) * 1000, (time.thread_time() - cpu) * 1000
 
-        result, start, wall_ms, cpu_ms = await asyncio.get_running_loop().run_in_executor(
-            self.executor, timed
-        )
+        if self.settings.torch_on_loop:
+            result, start, wall_ms, cpu_ms = timed()
+        else:
+            result, start, wall_ms, cpu_ms = await asyncio.get_running_loop().run_in_executor(
+                self.executor, timed
+            )
         self.accounting.queued((start - submitted) * 1000)
         return result, wall_ms, cpu_ms
 

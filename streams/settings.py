@@ -82,6 +82,10 @@ class Settings:
     one_class_gate: str = field(default="fit", metadata=_env("one_class_gate"))
     open_databases: int = field(default=64, metadata=_env("open_databases"))
     torch_threads: int = field(default=1, metadata=_env("torch_threads"))
+    # a device's torch jobs run on the event loop's thread (one at a time, as the single torch
+    # thread ran them): handing each job to a thread cost ~40 % more CPU a device, the small
+    # ops trading the GIL with the loop and SQLite threads; a job holds the loop ~10–30 ms
+    torch_on_loop: bool = field(default=True, metadata=_env("torch_on_loop"))
     # --- Faust / broker timeouts (Tansu joins are slow with Faust's defaults) ---------------
     rebalance_timeout_s: float = field(default=6.0, metadata=_env("rebalance_timeout_s"))
     session_timeout_s: float = field(default=6.0, metadata=_env("session_timeout_s"))
