@@ -155,7 +155,10 @@ class Fleet:
         self.group = f"{settings.app_id}-fleet"
         self._initial = initial
         self._executor = executor
-        self._sem = asyncio.Semaphore(concurrency or settings.open_databases)
+        at_once = concurrency or settings.fleet_concurrency
+        if at_once < 1:
+            raise ValueError(f"CODA_FLEET_CONCURRENCY must be ≥ 1, got {at_once}")
+        self._sem = asyncio.Semaphore(at_once)
         self.runtime: Runtime | None = None
         self.devices: dict[str, Device] = {}
         self._by_partition: dict[int, set[str]] = defaultdict(set)
