@@ -146,7 +146,6 @@ class Fleet:
         fleet_id: str = "fleet-0",
         topics: Topics | None = None,
         initial: ModelFile | None = None,
-        concurrency: int | None = None,
         executor: Executor | None = None,
     ) -> None:
         self.settings = settings
@@ -155,10 +154,9 @@ class Fleet:
         self.group = f"{settings.app_id}-fleet"
         self._initial = initial
         self._executor = executor
-        at_once = concurrency or settings.fleet_concurrency
-        if at_once < 1:
-            raise ValueError(f"CODA_FLEET_CONCURRENCY must be ≥ 1, got {at_once}")
-        self._sem = asyncio.Semaphore(at_once)
+        if settings.fleet_concurrency < 1:
+            raise ValueError(f"CODA_FLEET_CONCURRENCY must be ≥ 1, got {settings.fleet_concurrency}")
+        self._sem = asyncio.Semaphore(settings.fleet_concurrency)
         self.runtime: Runtime | None = None
         self.devices: dict[str, Device] = {}
         self._by_partition: dict[int, set[str]] = defaultdict(set)
