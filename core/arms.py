@@ -15,6 +15,10 @@ from core.training import FilterResult
 ARMS: tuple[str, ...] = ("cloud", "coda", "local", "coda_nofilter", "coda_random")
 ARM_MODES = ("coda", "buckets")
 PULLING = frozenset({"coda", "coda_nofilter", "coda_random"})
+# Reference scores computed after a run on the same live events as the arms (seed −1 in the rows):
+# the generator's true probabilities, a cross-fitted fine-tune on the user's own live events, and
+# the same on the live samples of the user's true group-mates (synthetic only).
+REFERENCES: tuple[str, ...] = ("oracle", "own_future", "group_oracle")
 
 
 def _digest(*parts: object) -> int:

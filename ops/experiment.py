@@ -30,7 +30,7 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {"n_users": 400, "n_groups": 8, "heterogene
                                       "events_per_user": (6, 30), "days": 14, "exposure_bias": 0.8}
 # K per dataset: the paper's 100 for MovieLens; on the synthetic data K must stay below a group's
 # size (400 users / 8 groups = 50), or even a perfect matcher fills K with other groups
-DEFAULT_K = {"movielens-100k": 100, "synthetic": 20}
+DEFAULT_K = {"movielens-100k": 100, "synthetic": 20, "instacart": 100}
 
 
 @dataclass(frozen=True)
@@ -317,11 +317,12 @@ class EvalRow:
     ts: int
     label: int
     score: float
+    sample_id: str = ""  # the scored event's sample id: joins arms, references and engines event by event
 
 
 def eval_rows(seed: int, devices: Sequence[DeviceExport], cut_day: int) -> list[EvalRow]:
-    return [EvalRow(seed, d.arm, d.user_id, ts // DAY - cut_day, ts, label, score)
-            for d in devices for _, ts, label, score, _ in d.evaluations if ts // DAY >= cut_day]
+    return [EvalRow(seed, d.arm, d.user_id, ts // DAY - cut_day, ts, label, score, sid)
+            for d in devices for sid, ts, label, score, _ in d.evaluations if ts // DAY >= cut_day]
 
 
 def stderr_say(prefix: str) -> Say:

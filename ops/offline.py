@@ -408,8 +408,8 @@ def run_offline(split: Split, s: Settings, seed: int, global_seed: int = 0,
         run.day_end(plan.day)
         if progress and n % 10 == 0:
             progress(f"offline seed {seed}: day {n + 1}/{len(split.live)}")
-    rows = [EvalRow(seed, arm, user, ts // DAY - split.cut_day, ts, label, score)
-            for arm, user, _, ts, label, score in run.rows]
+    rows = [EvalRow(seed, arm, user, ts // DAY - split.cut_day, ts, label, score, sid)
+            for arm, user, sid, ts, label, score in run.rows]
     devices = run.devices.values()
     return OfflineRun(seed, rows, {d.pseudonym: d.kept_ids for d in devices}, {d.pseudonym: d.arm for d in devices},
                       {d.pseudonym: d.user_id for d in devices}, {d.pseudonym: d.trains for d in devices},
