@@ -15,6 +15,23 @@ from core.training import FilterResult
 ARMS: tuple[str, ...] = ("cloud", "coda", "local", "coda_nofilter", "coda_random")
 ARM_MODES = ("coda", "buckets")
 PULLING = frozenset({"coda", "coda_nofilter", "coda_random"})
+_CODA_SCHEDULE = ("after filtering, once {trigger} filtered samples wait or on the cloud's notice that the day's "
+                  "batches are over (quota or exhausted); on its local samples alone when the day kept nothing")
+# When each arm runs Algorithm 3 (the report states it): every personalizing arm gets a chance on
+# every active day on which it has something new.
+SCHEDULES: dict[str, str] = {
+    "cloud": "never trains: serves the global model M0",
+    "local": "at the end of every active day, on its own local samples only (no pulls)",
+    "coda": _CODA_SCHEDULE,
+    "coda_nofilter": _CODA_SCHEDULE.replace("after filtering", "keeping every matched sample"),
+    "coda_random": _CODA_SCHEDULE.replace("after filtering", "after a random choice of the classifier's count"),
+}
+
+
+def schedules(train_trigger: int) -> dict[str, str]:
+    return {arm: text.format(trigger=train_trigger) for arm, text in SCHEDULES.items()}
+
+
 # Reference scores computed after a run on the same live events as the arms (seed −1 in the rows):
 # the generator's true probabilities, a cross-fitted fine-tune on the user's own live events, and
 # the same on the live samples of the user's true group-mates (synthetic only).

@@ -19,6 +19,13 @@ class FeatureSpace:
     tag_buckets: int = 256  # few collisions for tag vocabularies of ~20-50 (MovieLens: 19 genres)
     profile_buckets: int = 256
     seq_len: int = 20
+    # the user-side feature whose mean is the user's vector (Algorithm 1): "sequence" (the paper:
+    # tag histogram of the behaviour sequence and target) or "clicks" (tags of the items the user
+    # clicked, a business statistic: where exposure does not follow taste, only clicks show it)
+    user_feature: str = "sequence"
+
+
+USER_FEATURES = ("sequence", "clicks")
 
 
 def bucket(value: object, buckets: int, salt: str = "") -> int:
@@ -119,16 +126,23 @@ def user_feature(sample: Sample, space: FeatureSpace) -> list[float]:
     The behaviour-sequence tag histogram plus the target item's own tags, so a user's very
     first sample (empty sequence) still says something about taste.
     """
+    if space.user_feature == "clicks":
+        dense = [0.0] * space.tag_buckets
+        for bucket_, value in user_feature_sparse(sample, "clicks").items():
+            dense[bucket_] = value
+        return dense
     seq_tags = list(sample.seq_tags) + [sample.tags]
     return sequence_tag_histogram(seq_tags, space)
 
 
-def user_feature_sparse(sample: Sample) -> dict[int, float]:
+def user_feature_sparse(sample: Sample, kind: str = "sequence") -> dict[int, float]:
     """`user_feature`'s non-zero entries, bucket -> value, with bit-identical values.
 
     The same additions in the same order (a zero adds nothing to a sum of non-negative
     floats), without building, dividing and adding a dense vector per sample.
     """
+    if kind == "clicks":  # a click spreads one unit over the item's tags; an impression adds nothing
+        return {t: 1.0 / len(sample.tags) for t in sample.tags} if sample.label and sample.tags else {}
     hist: dict[int, float] = {}
     for tags in [*sample.seq_tags, sample.tags]:
         if not tags:

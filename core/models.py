@@ -137,3 +137,13 @@ def state_from_bytes(module: M, data: bytes) -> M:
     state = torch.load(io.BytesIO(data), weights_only=True)
     module.load_state_dict(state)
     return module
+
+
+def relative_change(state: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]) -> float:
+    """‖θ − θ0‖ / ‖θ0‖ over every floating-point tensor: how far personalization moved a model."""
+    diff = total = 0.0
+    for name, b in base.items():
+        if b.is_floating_point():
+            diff += float((state[name].double() - b.double()).pow(2).sum())
+            total += float(b.double().pow(2).sum())
+    return (diff / total) ** 0.5 if total else 0.0

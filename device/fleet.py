@@ -52,6 +52,7 @@ from streams.deadletter import DeadLetters
 from streams.schemas import (
     DayEnd,
     DeviceActions,
+    DevicePast,
     DownBatch,
     DownNotice,
     GlobalModel,
@@ -348,12 +349,14 @@ class Fleet:
         if not pseudonym:
             await self._dead(r, "bad_key", f"key {key!r} is not a device pseudonym")
             return None
-        if isinstance(record, DeviceActions):
+        if isinstance(record, DeviceActions | DevicePast):
             if device_pseudonym(self.settings.pseudonym_key, record.device_id) != pseudonym:
                 await self._dead(r, "wrong_key", f"actions of {record.device_id!r} under key {pseudonym}")
                 return None
             device = self._device(pseudonym, r.partition, record.device_id)
             assert device is not None
+            if isinstance(record, DevicePast):
+                return device, await device.on_past(record), "past"
             return device, await device.on_actions(record), "actions"
         device = self._device(pseudonym, r.partition)
         if device is None:
@@ -520,6 +523,25 @@ class DeviceExport:
     pulls: int
     evaluations: list[tuple[str, int, int, float, str]]  # (sample_id, ts, label, score, model_version)
     kept_ids: list[str] = field(default_factory=list)  # outside samples the filter kept (id prefixes)
+    steps: tuple[int, int] = (0, 0)  # gated updates accepted, taken
+    model_change: float = 0.0  # ‖M − M0‖ / ‖M0‖ of the model the device ended with
+
+
+def model_change(directory: Path) -> float:
+    """How far the device's current model moved from its initial one (0 when never changed)."""
+    import io
+
+    import torch
+
+    from core.models import relative_change
+    from device.modelstore import ModelFile, ModelStore
+
+    def weights(m: ModelFile) -> dict[str, torch.Tensor]:
+        return torch.load(io.BytesIO(m.weights), weights_only=True)
+
+    store = ModelStore(directory)
+    current, initial = store.current(), store.initial()
+    return 0.0 if current.version == initial.version else relative_change(weights(current), weights(initial))
 
 
 async def read_devices(state_dir: Path) -> list[DeviceExport]:
@@ -532,7 +554,8 @@ async def read_devices(state_dir: Path) -> list[DeviceExport]:
             st = DeviceState.from_plain(await store.get_state(STATE_KEY))
             kept = await store.get_state(KEPT_KEY, [])
             out.append(DeviceExport(path.parent.name, st.arm, st.device_id, st.user_id, st.trains, st.filters,
-                                    st.pulls, await store.evaluations(), list(kept)))
+                                    st.pulls, await store.evaluations(), list(kept),
+                                    (st.steps_accepted, st.steps_total), model_change(path.parent)))
         finally:
             await conn.close()
     return out

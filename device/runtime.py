@@ -57,6 +57,7 @@ from device.storage import DB_FILE, DatabasePool, DeviceStore, Limits, open_stor
 from streams.schemas import (
     BehaviourEvent,
     DeviceActions,
+    DevicePast,
     DownBatch,
     DownNotice,
     PullRequest,
@@ -117,6 +118,9 @@ class DeviceState:
     filter_cpu_ms_since_train: float = 0.0
     maintained_day: int = -1
     arm: str = ""  # the experiment arm this device runs (see core.arms)
+    trained_day: int = -1  # the last quota day Algorithm 3 ran on
+    steps_accepted: int = 0  # gated updates kept, over every training
+    steps_total: int = 0
 
     @classmethod
     def from_plain(cls, body: Mapping[str, Any] | None) -> DeviceState:
@@ -256,6 +260,12 @@ class ModelCache:
 
 # --------------------------------------------------------------------------- shared runtime
 _torch_configured = False
+
+
+def device_train_config(s: Settings, seed: int) -> TrainConfig:
+    """Algorithm 3's optimiser and gate from the settings (the offline engine uses the same)."""
+    return TrainConfig(lr=s.device_learning_rate, batch_size=s.train_batch, epochs=s.train_epochs, seed=seed,
+                       one_class_gate=s.one_class_gate, gate=s.gate)
 
 
 def configure_torch(threads: int) -> None:
@@ -469,6 +479,21 @@ class Device:
                 store.set_state(STATE_KEY, st.to_plain())
         return out
 
+    async def on_past(self, past: DevicePast) -> Outcome:
+        """The user's behaviour before the replay: it extends the history the samples' sequences come from."""
+        expected = device_pseudonym(self.s.pseudonym_key, past.device_id)
+        if expected != self.pseudonym:
+            return Outcome(rejected=Rejected(self.pseudonym, "wrong_device", f"past of device pseudonym {expected}"))
+        async with self.lock:
+            await self.prepare()
+            async with self._store() as store:
+                st = await self._load(store)
+                st.device_id = st.device_id or past.device_id
+                self.device_id = st.device_id
+                self._extend(st, past.events)  # history and seen ids only: these are not samples
+                store.set_state(STATE_KEY, st.to_plain())
+        return Outcome()
+
     def _mark_due(self, day: int) -> None:
         """An active day: its own day-end pulls (or trains), t' days later its samples expire, a day
         after that its batch ids are forgotten."""
@@ -668,7 +693,9 @@ class Device:
                     st.stopped = True
                     st.request, st.request_of, st.request_got = "", 0, []
                 out.filtered = await self._filter(store, st)
-                if await store.count_outside(OutsideRole.KEPT) > 0:
+                # a fair schedule: train on what was kept, or on the local samples alone when the
+                # day brought nothing to keep and the device has not trained yet today
+                if await store.count_outside(OutsideRole.KEPT) > 0 or st.trained_day < st.day:
                     out.trained = await self._train(store, st)
                 store.set_state(STATE_KEY, st.to_plain())
         return out
@@ -772,8 +799,8 @@ class Device:
             return TrainOutcome(
                 "no_validation" if not valid else "nothing_to_train", len(train_set), len(valid)
             )
-        cfg = TrainConfig(lr=s.learning_rate, batch_size=s.train_batch, seed=self._seed("train", st.trains),
-                          one_class_gate=s.one_class_gate)
+        st.trained_day = st.day
+        cfg = device_train_config(s, self._seed("train", st.trains))
         async with self.models.lock() as training:
             outcome, wall, cpu = await self.rt.run(self._train_job, training, train_set, valid, cfg)
         if outcome.total_steps > 0:
@@ -807,6 +834,8 @@ class Device:
             )
         )
         st.trains += 1
+        st.steps_accepted += outcome.accepted_steps
+        st.steps_total += outcome.total_steps
         st.version = outcome.version
         st.bytes_since_train = 0
         st.filter_ms_since_train = st.filter_cpu_ms_since_train = 0.0

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from core.arms import schedules
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,11 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="movielens-100k", help="movielens-100k (default) | synthetic")
+    parser.add_argument("--dataset", default="movielens-100k",
+                        help="movielens-100k (default) | instacart | synthetic")
+    parser.add_argument("--scenario", default="default", choices=("default", "drift"),
+                        help="synthetic only: default (the global model sees the groups: little headroom) | "
+                        "drift (hidden groups whose tastes change at the cut: a known headroom)")
     parser.add_argument("--out", type=Path, default=Path("out/experiment"), help="directory for the report")
     parser.add_argument("--seeds", type=int, default=3, help="pipeline runs; seed s rotates the arms by s "
                         "(5 seeds put every user once in every arm)")
@@ -38,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigma", type=float, default=0.2, help="filter threshold σ (paper: 0.2)")
     parser.add_argument("--users", type=int, help="keep this many users (movielens: a hashed subset; "
                         "synthetic: generated users, default 400)")
-    parser.add_argument("--history-share", type=float, default=0.6,
-                        help="share of the event-time span that is the cloud's history (global time split)")
+    parser.add_argument("--history-share", type=float,
+                        help="share of the event-time span that is the cloud's history (global time split; "
+                        "default 0.6, 0.5 for the drift scenario, whose cut is its second change)")
     parser.add_argument("--live-days", type=int, help="replay only the first N live days")
     parser.add_argument("--top-n", type=int, help="online analogue: top-n scored events per user-day (default 3 "
                         "on movielens-100k; 1 on synthetic, whose users have ~2 events a day)")
@@ -68,8 +74,11 @@ def params_from(args: argparse.Namespace) -> Any:
     quick = QUICK.get(args.dataset, {}) if args.quick else {}
     seeds = quick.get("seeds", args.seeds)
     k = args.k or DEFAULT_K.get(args.dataset, 100)
-    return Params(dataset=args.dataset, seeds=tuple(range(seeds)), k=k, sigma=args.sigma,
-                  users=args.users or quick.get("users"), history_share=args.history_share,
+    from ops.experiment import SCENARIO_HISTORY_SHARE
+
+    share = args.history_share or SCENARIO_HISTORY_SHARE[args.scenario]
+    return Params(dataset=args.dataset, scenario=args.scenario, seeds=tuple(range(seeds)), k=k, sigma=args.sigma,
+                  users=args.users or quick.get("users"), history_share=share,
                   live_days=args.live_days or quick.get("live_days"),
                   top_n=args.top_n or (1 if args.dataset == "synthetic" else 3),
                   bootstrap=args.replicates, index_url=args.index_url)
@@ -119,9 +128,11 @@ def run_experiment(settings: Settings, split: Any, params: Any, say: Any, offlin
         for run in runs:
             write_evaluations(run.devices, out / "evaluations" / f"seed-{run.seed}.jsonl.gz")
     rows = [r for run in runs for r in eval_rows(run.seed, run.devices, split.cut_day)]
-    logs = [stream_logs(run) for run in runs]
+    logs = [stream_logs(run, settings.train_trigger) for run in runs]
     key = runs[0].pseudonym_key
-    results = expreport.analyse(rows, split, params, logs, key)
+    references, notes = _references(settings, split, params, say)
+    results = expreport.analyse([*rows, *references], split, params, logs, key)
+    results["references"] = notes
     results["engine"] = "streaming pipeline (broker, cloud worker, device fleet)"
     results["runs"] = [{"seed": r.seed, "namespace": r.namespace, "global_model": r.global_model,
                         "timings_s": {k: round(v, 1) for k, v in r.timings.items()}, "fleet": r.fleet_stats}
@@ -146,20 +157,35 @@ def run_batch(settings: Settings, split: Any, params: Any, say: Any) -> dict[str
     for seed in params.seeds:
         off = run_offline(split, params.settings_for(settings, "offline", seed), seed, params.global_seed, say)
         rows += off.rows
-        logs.append(expreport.SeedLogs(seed, off.arms, off.users, off.kept, off.batch_log, off.matches, off.trains))
-    results = expreport.analyse(rows, split, params, logs, settings.pseudonym_key)
+        logs.append(expreport.SeedLogs(seed, off.arms, off.users, off.kept, off.batch_log, off.matches, off.trains,
+                                       off.steps, off.model_change, schedules(settings.train_trigger)))
+    references, notes = _references(settings, split, params, say)
+    results = expreport.analyse([*rows, *references], split, params, logs, settings.pseudonym_key)
+    results["references"] = notes
     results["engine"] = "offline reference (ops/offline.py), not the streaming pipeline"
     return results
 
 
-def stream_logs(run: Any) -> Any:
+def _references(settings: Settings, split: Any, params: Any, say: Any) -> tuple[list[Any], dict[str, Any]]:
+    """oracle / own_future / group_oracle on the arms' live events (ops/references.py), with timing."""
+    from ops.references import reference_rows
+
+    t0 = time.monotonic()
+    rows, notes = reference_rows(split, params.settings_for(settings, "references", 0), params.k,
+                                 params.global_seed, say=say)
+    notes["elapsed_s"] = round(time.monotonic() - t0, 1)
+    return rows, notes
+
+
+def stream_logs(run: Any, train_trigger: int) -> Any:
     from ops.expreport import SeedLogs
 
     return SeedLogs(run.seed, {d.pseudonym: d.arm for d in run.devices},
                     {d.pseudonym: d.user_id for d in run.devices}, {d.pseudonym: d.kept_ids for d in run.devices},
                     [(b.device, b.user, list(b.sample_ids), list(b.sample_owners)) for b in run.batches],
                     [(m.user, list(m.neighbours)) for m in run.matches],
-                    {d.pseudonym: d.trains for d in run.devices})
+                    {d.pseudonym: d.trains for d in run.devices}, {d.pseudonym: d.steps for d in run.devices},
+                    {d.pseudonym: d.model_change for d in run.devices}, schedules(train_trigger))
 
 
 def sweep(settings: Settings, split: Any, params: Any, say: Any, ks: tuple[int, ...] = SWEEP_K,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.privacy import user_pseudonym
 from ops.replay import DAY, DayPlan, plan_days
-from streams.schemas import BatchRecord, MatchResult
+from streams.schemas import BatchRecord, BehaviourEvent, MatchResult
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -25,9 +25,23 @@ log = logging.getLogger(__name__)
 Say = Callable[[str], None]
 
 # synthetic "where the premise holds": strong group taste, few samples per user, and exposure that
-# follows taste, so the behaviour sequence (the matching feature) says which group a user is in
+# follows taste, so the behaviour sequence (the matching feature) says which group a user is in.
+# The global model sees the groups too (profiles follow them): little headroom is left.
 SYNTHETIC_DEFAULTS: dict[str, Any] = {"n_users": 400, "n_groups": 8, "heterogeneity": 0.9,
                                       "events_per_user": (6, 30), "days": 14, "exposure_bias": 0.8}
+# "drift", built for the premise: hidden groups (profiles are noise, exposure is uniform, so neither
+# reveals taste), every group's taste drawn anew on day 5 (inside the history: history-only tuning
+# sees a change) and on day 10 (the cut: the history-trained global model is stale by construction),
+# users active on most days with 5-15 events a day over 10 live days.
+DRIFT: dict[str, Any] = {"n_users": 600, "n_groups": 8, "heterogeneity": 0.9, "days": 20, "change_days": (5, 10),
+                         "events_per_day": (5, 15), "activity": (8.0, 1.5), "exposure_bias": 0.0,
+                         "profile_noise": 1.0, "ctr": 0.25}
+SCENARIOS: dict[str, dict[str, Any]] = {"default": SYNTHETIC_DEFAULTS, "drift": DRIFT}
+# Device recipes: "paper" is the paper's Algorithms 1-3 as the settings' defaults give them;
+# "tuned" holds the choices `coda experiment --tune` made on history-only validation
+# (docs/experiments.md shows that run); either can be asked for on any dataset.
+RECIPES: dict[str, dict[str, Any]] = {"paper": {}, "tuned": {}}
+SCENARIO_HISTORY_SHARE = {"default": 0.6, "drift": 0.5}  # drift: the cut falls on its second change
 # K per dataset: the paper's 100 for MovieLens; on the synthetic data K must stay below a group's
 # size (400 users / 8 groups = 50), or even a perfect matcher fills K with other groups
 DEFAULT_K = {"movielens-100k": 100, "synthetic": 20, "instacart": 100}
@@ -38,6 +52,7 @@ class Params:
     """Everything that defines an experiment run (recorded in results.json)."""
 
     dataset: str = "movielens-100k"
+    scenario: str = "default"  # synthetic only: a key of SCENARIOS
     seeds: tuple[int, ...] = (0, 1, 2)
     k: int = 100
     sigma: float = 0.2
@@ -47,8 +62,9 @@ class Params:
     global_seed: int = 0  # the global model is the same in every seed: seeds vary arms and devices
     top_n: int = 3  # online analogue: each user's top-n scored items of a day are "shown"
     bootstrap: int = 1000
-    synthetic: dict[str, Any] = field(default_factory=lambda: dict(SYNTHETIC_DEFAULTS))
+    synthetic: dict[str, Any] | None = None  # None: the scenario's generator options
     index_url: str = ""  # "": the settings' index
+    recipe: str = "paper"  # device training and matching settings: a key of RECIPES
     # how long an idle consumer waits in a fetch: with three pipelines on two cores, 20 ms made the
     # broker answering empty fetches the busiest process; it changes latency, not results
     fetch_max_wait_ms: int = 100
@@ -56,10 +72,18 @@ class Params:
     def settings_for(self, root: Settings, namespace: str, seed: int) -> Settings:
         from ops.namespace import in_namespace
 
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe {self.recipe!r}: expected one of {', '.join(RECIPES)}")
         scoped = in_namespace(root, namespace).replace(
             pull_trigger="day_end", arm_mode="buckets", arm_seed=seed, k_neighbours=self.k, sigma=self.sigma,
-            fetch_max_wait_ms=self.fetch_max_wait_ms)
+            fetch_max_wait_ms=self.fetch_max_wait_ms, **RECIPES[self.recipe])
         return scoped.replace(index_url=self.index_url) if self.index_url else scoped
+
+
+    def generator_options(self) -> dict[str, Any]:
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario {self.scenario!r}: expected one of {', '.join(SCENARIOS)}")
+        return dict(self.synthetic if self.synthetic is not None else SCENARIOS[self.scenario])
 
 
 @dataclass
@@ -72,10 +96,24 @@ class Split:
     cut_day: int  # first live day
     history: list[DayPlan]
     live: list[DayPlan]
+    # the generator's (true, before-the-last-change) click probability per (user_id, ts); None on real data
+    truth: dict[tuple[str, int], tuple[float, float]] | None = None
 
     @property
     def live_users(self) -> set[str]:
         return {e.user_id for p in self.live for _, evs in p.by_device for e in evs}
+
+    def past(self, keep: int) -> list[tuple[str, list[BehaviourEvent]]]:
+        """Each live device's last `keep` history events (all a sequence of length `keep` can hold):
+        a device starts the live days with its own user's behaviour history, as the cloud's samples do."""
+        live = {device for p in self.live for device, _ in p.by_device}
+        before: dict[str, list[BehaviourEvent]] = {}
+        for plan in self.history:
+            for device, events in plan.by_device:
+                if device in live:
+                    before.setdefault(device, []).extend(events)
+        return [(device, sorted(evs, key=lambda e: (e.ts, e.item_id, e.action))[-keep:])
+                for device, evs in sorted(before.items())]
 
 
 def _keep_users(events: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -90,11 +128,13 @@ def prepare(params: Params) -> Split:
     from ops.datasets import load_dataset
 
     if params.dataset == "synthetic":
-        options = dict(params.synthetic)
+        options = params.generator_options()
         if params.users:
             options["n_users"] = params.users
         data = load_dataset("synthetic", seed=0, **options)
         events = data.events
+    elif params.scenario != "default":
+        raise ValueError(f"--scenario {params.scenario} needs --dataset synthetic")
     else:
         data = load_dataset(params.dataset)
         events = _keep_users(data.events, params.users) if params.users else data.events
@@ -105,7 +145,8 @@ def prepare(params: Params) -> Split:
     live = [p for p in plans if p.day >= cut_day][: params.live_days]
     if not history or not live:
         raise ValueError(f"history share {params.history_share} leaves no history or no live days")
-    return Split(params.dataset, events, data.groups, cut_day, history, live)
+    name = params.dataset if params.scenario == "default" else f"{params.dataset} ({params.scenario})"
+    return Split(name, events, data.groups, cut_day, history, live, data.meta.get("truth"))
 
 
 @dataclass
@@ -178,6 +219,7 @@ async def _live(s: Settings, topics: Any, split: Split, seed: int, pub: Any, pro
     t0 = time.monotonic()
     progress = Progress(sum(p.events for p in split.live), f"seed {seed} live", force=bar)
     async with DayBarrier(s, topics, procs) as quiet:
+        await pub.past(split.past(s.seq_len))
         for n, plan in enumerate(split.live, 1):
             await pub.actions(plan)
             await quiet.wait()  # the cloud has the whole day before anyone pulls

@@ -27,12 +27,13 @@ from core.features import History, event_to_sample
 from core.globalmodel import train_global
 from core.lifecycle import OutsideRole, Row
 from core.matching import merge_answers, most_recent_unserved, per_neighbour_ask, window_start_ts
-from core.models import DIN
+from core.models import DIN, relative_change
 from core.personalize import limit_training
 from core.privacy import device_pseudonym, user_pseudonym
 from core.sample import Sample
 from core.training import TrainConfig, filter_matched, model_for_space, predict, train_gated
 from core.vectors import UserAccumulator
+from device.runtime import device_train_config
 from ops.experiment import EvalRow, Split
 from ops.replay import DAY, DayPlan
 from streams.schemas import BehaviourEvent
@@ -202,6 +203,8 @@ class OfflineDevice:
     stopped: bool = False
     filters: int = 0
     trains: int = 0
+    trained_day: int = -1
+    steps: tuple[int, int] = (0, 0)  # gated updates accepted, taken
     kept_ids: list[str] = field(default_factory=list)
 
 
@@ -237,13 +240,15 @@ class Offline:
         return sorted((o.sample for o in d.outside.values() if o.role == role), key=lambda x: (x.ts, x.sample_id))
 
     # ---- the user's side
-    def actions(self, device_id: str, events: Sequence[BehaviourEvent]) -> None:
-        key = self.s.pseudonym_key
-        pseudonym = device_pseudonym(key, device_id)
+    def _device(self, device_id: str, user_id: str) -> OfflineDevice:
+        pseudonym = device_pseudonym(self.s.pseudonym_key, device_id)
         d = self.devices.get(pseudonym)
         if d is None:
             arm = assign_arm(self.s.arm_mode, self.s.arm_seed, pseudonym)
-            d = self.devices[pseudonym] = OfflineDevice(pseudonym, device_id, events[0].user_id, arm)
+            d = self.devices[pseudonym] = OfflineDevice(pseudonym, device_id, user_id, arm)
+        return d
+
+    def _extend(self, d: OfflineDevice, events: Sequence[BehaviourEvent]) -> list[Sample]:
         samples = []
         for e in _order(events):
             sample, extended = event_to_sample(e.user_id, _fields(e), d.history, self.space)
@@ -253,6 +258,15 @@ class Offline:
             d.history = extended
             if e.action in SAMPLE_ACTIONS:
                 samples.append(sample)
+        return samples
+
+    def past(self, device_id: str, events: Sequence[BehaviourEvent]) -> None:
+        """As Device.on_past: the user's earlier behaviour builds the history, nothing else."""
+        self._extend(self._device(device_id, events[0].user_id), events)
+
+    def actions(self, device_id: str, events: Sequence[BehaviourEvent]) -> None:
+        d = self._device(device_id, events[0].user_id)
+        samples = self._extend(d, events)
         if samples:
             scores = predict(self._module(d), samples, self.space)
             self.rows += [(d.arm, d.user_id, x.sample_id, x.ts, x.label, float(p))
@@ -312,7 +326,7 @@ class Offline:
     def _notice(self, d: OfflineDevice) -> None:
         d.stopped = True
         self._filter(d)
-        if any(o.role == OutsideRole.KEPT for o in d.outside.values()):
+        if any(o.role == OutsideRole.KEPT for o in d.outside.values()) or d.trained_day < d.day:
             self._train(d)
 
     def _insert_outside(self, d: OfflineDevice, samples: Sequence[Sample]) -> None:
@@ -357,8 +371,8 @@ class Offline:
         train_set, valid = [*split.train, *kept], split.validate
         if not valid or not train_set:
             return
-        cfg = TrainConfig(lr=self.s.learning_rate, batch_size=self.s.train_batch, seed=self._seed(d, "train", d.trains),
-                          one_class_gate=self.s.one_class_gate)
+        d.trained_day = d.day
+        cfg = device_train_config(self.s, self._seed(d, "train", d.trains))
         res = train_gated(limit_training(self._module(d), self.s.personalize), train_set, valid, self.space, cfg)
         if res.total_steps > 0:
             for x in kept:
@@ -366,6 +380,10 @@ class Offline:
         if res.accepted_steps > 0:
             d.model = {k: v.detach().clone() for k, v in self.scratch.state_dict().items()}
         d.trains += 1
+        d.steps = (d.steps[0] + res.accepted_steps, d.steps[1] + res.total_steps)
+
+    def model_change(self, d: OfflineDevice) -> float:
+        return relative_change(d.model, self.m0.state_dict()) if d.model is not None else 0.0
 
 
 # --------------------------------------------------------------------------- a whole run
@@ -377,6 +395,8 @@ class OfflineRun:
     arms: dict[str, str]  # device pseudonym → arm
     users: dict[str, str]  # device pseudonym → user id
     trains: dict[str, int]
+    steps: dict[str, tuple[int, int]]  # device pseudonym → gated updates accepted, taken
+    model_change: dict[str, float]  # device pseudonym → ‖M − M0‖ / ‖M0‖
     batch_log: list[tuple[str, str, list[str], list[str]]]  # (device, user pseudonym, sample ids, owners)
     matches: list[tuple[str, list[str]]]
     global_version: str
@@ -402,6 +422,8 @@ def run_offline(split: Split, s: Settings, seed: int, global_seed: int = 0,
     cfg = TrainConfig(lr=s.learning_rate, batch_size=256, epochs=2, seed=global_seed)  # as `coda cloud train-global`
     trained = train_global(pool, s.features, cfg)
     run = Offline(s, trained.model, cloud)
+    for device_id, events in split.past(s.seq_len):
+        run.past(device_id, events)
     for n, plan in enumerate(split.live):
         for device_id, events in plan.by_device:
             run.actions(device_id, events)
@@ -413,4 +435,5 @@ def run_offline(split: Split, s: Settings, seed: int, global_seed: int = 0,
     devices = run.devices.values()
     return OfflineRun(seed, rows, {d.pseudonym: d.kept_ids for d in devices}, {d.pseudonym: d.arm for d in devices},
                       {d.pseudonym: d.user_id for d in devices}, {d.pseudonym: d.trains for d in devices},
+                      {d.pseudonym: d.steps for d in devices}, {d.pseudonym: run.model_change(d) for d in devices},
                       cloud.batch_log, cloud.matches, trained.version, trained.holdout_auc)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from core.privacy import device_pseudonym
 from streams.kafka import producer
-from streams.schemas import BehaviourEvent, DayEnd, DeviceActions, Record, UpEnvelope, encode
+from streams.schemas import BehaviourEvent, DayEnd, DeviceActions, DevicePast, Record, UpEnvelope, encode
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -82,6 +82,13 @@ class Publisher:
         for device, events in plan.by_device:
             key = device_pseudonym(self.settings.pseudonym_key, device).encode()
             await self.send("actions", key, DeviceActions(device, list(events), plan.day))
+        await self._producer.flush()
+
+    async def past(self, by_device: Sequence[tuple[str, Sequence[BehaviourEvent]]]) -> None:
+        """Each device's behaviour before the replay starts on it (its history, not samples)."""
+        for device, events in by_device:
+            key = device_pseudonym(self.settings.pseudonym_key, device).encode()
+            await self.send("actions", key, DevicePast(device, list(events)))
         await self._producer.flush()
 
     async def up(self, plan: DayPlan) -> None:

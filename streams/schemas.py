@@ -96,6 +96,16 @@ class DeviceActions(Record):
 
 
 @dataclass(frozen=True, slots=True)
+class DevicePast(Record):
+    """What the user did before the replay reached the device: it builds the behaviour history
+    (the sequence features) only — no samples, no scores, nothing sent up (the cloud has it)."""
+
+    KIND: ClassVar[str] = "device.past"
+    device_id: str = field(metadata=_range(max_len=128))
+    events: list[BehaviourEvent] = field(metadata=_range(max_len=100_000))
+
+
+@dataclass(frozen=True, slots=True)
 class SampleRecord(Record):
     """Wire form of `core.sample.Sample`."""
 
@@ -484,7 +494,7 @@ class DeviceState(Record):
 REGISTRY: dict[tuple[str, int], type[Record]] = {
     (cls.KIND, cls.VERSION): cls
     for cls in (
-        BehaviourEvent, UpEnvelope, PullRequest, DeviceActions, SampleRecord, SampleSet, SampleBatchV1, SampleBatch,
+        BehaviourEvent, UpEnvelope, PullRequest, DeviceActions, DevicePast, SampleRecord, SampleSet, SampleBatchV1, SampleBatch,
         DayEnd, UserVector,
         MatchRequest, MatchResult, NeighbourQuery, NeighbourSamples, DevicePull, DownBatch,
         DownNotice, BatchRecord, GlobalModel, DeadLetter, HistoryState, UserStateV1, UserState,
@@ -497,7 +507,7 @@ UNIONS: dict[str, tuple[type[Record], ...]] = {
     "SampleMessage": (SampleBatch, SampleBatchV1, DayEnd),
     "GatherMessage": (DevicePull, NeighbourSamples),
     "DownMessage": (DownBatch, DownNotice),
-    "ActionMessage": (DeviceActions, DayEnd),
+    "ActionMessage": (DeviceActions, DevicePast, DayEnd),
 }
 SCHEMAS: dict[str, tuple[type[Record], ...]] = {
     **{cls.__name__: (cls,) for cls in REGISTRY.values()},

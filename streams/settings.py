@@ -51,6 +51,9 @@ class Settings:
     tag_buckets: int = field(default=256, metadata=_env("tag_buckets"))
     profile_buckets: int = field(default=256, metadata=_env("profile_buckets"))
     seq_len: int = field(default=20, metadata=_env("seq_len"))
+    # the user vector of Algorithm 1: "sequence" (the paper: behaviour-sequence tag histogram) or
+    # "clicks" (tags of clicked items: taste even where exposure says nothing about it)
+    match_feature: str = field(default="sequence", metadata=_env("match_feature"))
     # --- cloud matching (paper section 4.2) -----------------------------------------------
     k_neighbours: int = field(default=100, metadata=_env("k_neighbours"))
     batch_size: int = field(default=25, metadata=_env("batch_size"))
@@ -66,8 +69,14 @@ class Settings:
     lifecycle_t_days: int = field(default=3, metadata=_env("lifecycle_t_days"))
     lifecycle_t2_days: int = field(default=7, metadata=_env("lifecycle_t2_days"))
     emb_dim: int = field(default=3, metadata=_env("emb_dim"))
-    learning_rate: float = field(default=0.01, metadata=_env("learning_rate"))
+    learning_rate: float = field(default=0.01, metadata=_env("learning_rate"))  # the global model's
     train_batch: int = field(default=32, metadata=_env("train_batch"))
+    # Algorithm 3 on the device: its own learning rate (the global model keeps learning_rate),
+    # passes over the training samples, and when the gate judges: "step" (after every
+    # mini-batch, the paper) or "epoch" (after each pass)
+    device_learning_rate: float = field(default=0.01, metadata=_env("device_learning_rate"))
+    train_epochs: int = field(default=1, metadata=_env("train_epochs"))
+    gate: str = field(default="step", metadata=_env("gate"))
     # "events": a device pulls as soon as it reported new events (live); "day_end": it pulls on
     # the end-of-day tick, after the cloud has indexed the whole day (exact, repeatable replays)
     pull_trigger: str = field(default="events", metadata=_env("pull_trigger"))
@@ -103,7 +112,8 @@ class Settings:
 
     @property
     def features(self) -> FeatureSpace:
-        return FeatureSpace(self.item_buckets, self.tag_buckets, self.profile_buckets, self.seq_len)
+        return FeatureSpace(self.item_buckets, self.tag_buckets, self.profile_buckets, self.seq_len,
+                            self.match_feature)
 
     @property
     def embedded(self) -> bool:

@@ -59,6 +59,10 @@ class SyntheticParams:
     ctr: float = 0.2  # expected overall click rate; the logit intercept is solved for it
     activity: tuple[float, float] = (1.5, 3.0)  # Beta(a, b) share of days a user is active
     page_view_rate: float = 0.0  # page_view events per icon event (label 0), 0 = none
+    # days (0-based) on which every group's taste is drawn anew: a model trained before goes stale
+    change_days: tuple[int, ...] = ()
+    # events on each active day, uniform in [lo, hi]; None: events_per_user spread over the active days
+    events_per_day: tuple[int, int] | None = None
 
     def validate(self) -> None:
         lo, hi = self.events_per_user
@@ -74,6 +78,10 @@ class SyntheticParams:
             "personal_scale >= 0": self.personal_scale >= 0.0,
             "activity > 0": min(self.activity) > 0.0,
             "page_view_rate >= 0": self.page_view_rate >= 0.0,
+            "0 < change_days < days, increasing": all(0 < d < self.days for d in self.change_days)
+            and list(self.change_days) == sorted(set(self.change_days)),
+            "1 <= events_per_day[0] <= events_per_day[1]": self.events_per_day is None
+            or 1 <= self.events_per_day[0] <= self.events_per_day[1],
         }
         failed = [rule for rule, ok in checks.items() if not ok]
         if failed:
@@ -117,22 +125,33 @@ def _centre(w: np.ndarray) -> np.ndarray:
     return w
 
 
-def _preferences(
-    p: SyntheticParams, groups: np.ndarray, n_features: int, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
-    """Global, group and user weight vectors (features + bias)."""
-    global_w = _centre(rng.normal(0.0, WEIGHT_SCALE, (1, n_features)))[0]
-    global_w[-1] = 0.0  # the overall level is calibrated to `ctr`
+def _group_weights(p: SyntheticParams, n_features: int, rng: np.random.Generator) -> np.ndarray:
     group_w = _centre(rng.normal(0.0, WEIGHT_SCALE, (p.n_groups, n_features)))
     bias = rng.normal(0.0, GROUP_BIAS_SCALE, p.n_groups)
     group_w[:, -1] = bias - bias.mean() if p.n_groups > 1 else 0.0
+    return group_w
+
+
+def _preferences(
+    p: SyntheticParams, groups: np.ndarray, n_features: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Global, group and user weight vectors (features + bias); "user" is [phase, user, feature].
+
+    Phase k runs from change_days[k-1] to change_days[k]: each change draws every group's taste
+    anew, while the global taste and each user's own deviation stay.
+    """
+    global_w = _centre(rng.normal(0.0, WEIGHT_SCALE, (1, n_features)))[0]
+    global_w[-1] = 0.0  # the overall level is calibrated to `ctr`
+    group_w = _group_weights(p, n_features, rng)
+    later = [_group_weights(p, n_features, np.random.default_rng([p.seed, 5, k])) for k in range(len(p.change_days))]
+    phases = np.stack([group_w, *later])  # the first phase draws from `rng`: stable without changes
     # sqrt weights keep the total preference variance fixed, so the knob moves *where* taste
     # comes from (global vs group) without making everyone more or less decisive.
     h = p.heterogeneity
     user_rng = np.random.default_rng([p.seed, 1])
     personal = user_rng.normal(0.0, p.personal_scale, (p.n_users, n_features))
-    user_w = math.sqrt(1.0 - h) * global_w + math.sqrt(h) * group_w[groups] + personal
-    return {"global": global_w, "group": group_w, "user": user_w}
+    user_w = math.sqrt(1.0 - h) * global_w + math.sqrt(h) * phases[:, groups] + personal
+    return {"global": global_w, "group": group_w, "phases": phases, "user": user_w}
 
 
 def _profiles(p: SyntheticParams, groups: np.ndarray, rng: np.random.Generator) -> list[dict[str, str]]:
@@ -149,6 +168,8 @@ def _profiles(p: SyntheticParams, groups: np.ndarray, rng: np.random.Generator) 
 
 def _schedule(p: SyntheticParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per event: user index and ts; per user: number of active days. Users are active on a few days."""
+    if p.events_per_day is not None:
+        return _daily_schedule(p, rng)
     lo, hi = p.events_per_user
     counts = rng.integers(lo, hi + 1, size=p.n_users)
     share = rng.beta(*p.activity, size=p.n_users)
@@ -158,8 +179,26 @@ def _schedule(p: SyntheticParams, rng: np.random.Generator) -> tuple[np.ndarray,
         chosen = rng.choice(p.days, size=k, replace=False)
         per_day = 1 + rng.multinomial(n - k, np.full(k, 1.0 / k))  # every active day gets one
         day_parts.append(np.repeat(chosen, per_day))
+    return _timestamps(p, counts, np.concatenate(day_parts), active, rng)
+
+
+def _daily_schedule(p: SyntheticParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each day a user is active with their own Beta(activity) chance, with events_per_day events."""
+    assert p.events_per_day is not None
+    lo, hi = p.events_per_day
+    share = rng.beta(*p.activity, size=p.n_users)
+    on = rng.random((p.n_users, p.days)) < share[:, None]
+    on[np.arange(p.n_users), rng.integers(p.days, size=p.n_users)] = True  # everyone appears once
+    per_day = np.where(on, rng.integers(lo, hi + 1, size=on.shape), 0)
+    counts = per_day.sum(axis=1)
+    day = np.concatenate([np.repeat(np.arange(p.days), row) for row in per_day])
+    return _timestamps(p, counts, day, on.sum(axis=1), rng)
+
+
+def _timestamps(p: SyntheticParams, counts: np.ndarray, day: np.ndarray, active: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Per event: user index and ts (users in order, each user's events in day order)."""
     user = np.repeat(np.arange(p.n_users), counts)
-    day = np.concatenate(day_parts)
     # Seconds stop short of midnight so _unique_ts's +1 nudges never spill into the next day.
     ts = p.start_ts + day.astype(np.int64) * DAY_S + rng.integers(0, DAY_S - 60, size=user.size)
     return user, _unique_ts(user, ts), active
@@ -182,6 +221,14 @@ def _sample_items(probs: np.ndarray, user: np.ndarray, rng: np.random.Generator)
     u = rng.random(user.size)[:, None] * cdf[user, -1:]
     picks: np.ndarray = np.minimum((cdf[user] < u).sum(axis=1), probs.shape[1] - 1)
     return picks
+
+
+def _phased_items(p: SyntheticParams, affinity: np.ndarray, user: np.ndarray, phase: np.ndarray,
+                  rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+    """Items under each event's own phase of taste (exposure follows the taste of the day)."""
+    probs = (1.0 - p.exposure_bias) / affinity.shape[2] + p.exposure_bias * _softmax(
+        affinity.reshape(-1, affinity.shape[2]))
+    return _sample_items(probs, phase * p.n_users + user, rng)
 
 
 def _intercept(affinity: np.ndarray, exposure: np.ndarray, counts: np.ndarray, ctr: float) -> float:
@@ -234,23 +281,30 @@ def generate(**options: Any) -> Dataset:
     profiles = _profiles(p, groups, rng)
 
     ev_rng = np.random.default_rng([p.seed, 4])
-    affinity = prefs["user"] @ x.T  # users x items, logit minus the intercept
-    exposure = (1.0 - p.exposure_bias) / len(items) + p.exposure_bias * _softmax(affinity)
+    affinity = prefs["user"] @ x.T  # phases x users x items, logit minus the intercept
+    exposure = (1.0 - p.exposure_bias) / len(items) + p.exposure_bias * _softmax(affinity[0])
     user, ts, active = _schedule(p, ev_rng)
-    item = _sample_items(exposure, user, ev_rng)
-    base = _intercept(affinity, exposure, np.bincount(user, minlength=p.n_users), p.ctr)
-    click_p = 1.0 / (1.0 + np.exp(-(base + affinity[user, item])))
+    phase = np.searchsorted(np.asarray(p.change_days, dtype=np.int64), (ts - p.start_ts) // DAY_S, side="right")
+    item = _sample_items(exposure, user, ev_rng) if not p.change_days else _phased_items(p, affinity, user, phase,
+                                                                                          ev_rng)
+    base = _intercept(affinity[0], exposure, np.bincount(user, minlength=p.n_users), p.ctr)
+    click_p = 1.0 / (1.0 + np.exp(-(base + affinity[phase, user, item])))
     label = (ev_rng.random(user.size) < click_p).astype(np.int64)
+    before_p = 1.0 / (1.0 + np.exp(-(base + affinity[np.maximum(phase - 1, 0), user, item])))
 
     pages = None
     if p.page_view_rate > 0:
         cat_cols = slice(N_ICONS + len(ANIMATIONS), N_ICONS + len(ANIMATIONS) + len(CATEGORIES))
-        pages = _page_views(p, user, ts, prefs["user"][:, cat_cols], ev_rng)
+        pages = _page_views(p, user, ts, prefs["user"][0][:, cat_cols], ev_rng)
 
     width = max(5, len(str(p.n_users - 1)))
     user_ids = [f"u{u:0{width}d}" for u in range(p.n_users)]  # zero-padded: string order = numeric
     events = _build_events(user_ids, profiles, items, user, ts, item, label, pages)
     meta = _meta(p, items, prefs, x, events, active, base)
+    # the generator's truth per icon event, keyed (user_id, ts): the click probability it drew the
+    # label from, and the one the taste before the event's last change would have given
+    meta["truth"] = {(user_ids[u], t): (float(pt), float(pb)) for u, t, pt, pb in
+                     zip(user.tolist(), ts.tolist(), click_p.tolist(), before_p.tolist(), strict=True)}  # fmt: skip
     logger.info("generated %d synthetic events for %d users in %.2fs", len(events), p.n_users,
                 time.perf_counter() - started)  # fmt: skip
     return Dataset(

@@ -207,6 +207,34 @@ def test_unknown_one_class_gate_is_refused() -> None:
         train_gated(model_for_space(SPACE), [], [], SPACE, TrainConfig(one_class_gate="maybe"))
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_epoch_gate_judges_whole_passes(seed: int) -> None:
+    """gate="epoch": one judgement per pass, accepted metrics only rise, and a learnable case improves."""
+    train, valid = learnable(seed)
+    cfg = TrainConfig(epochs=4, seed=seed, gate="epoch")
+    r = train_gated(model_for_space(SPACE, seed=seed), train, valid, SPACE, cfg)
+    assert 0 < r.accepted_steps <= 4 and r.total_steps == 4 * 10
+    history = [r.valid_auc_before, *r.valid_history]
+    assert all(b > a for a, b in itertools.pairwise(history))
+    rescored = auc_or_fallback([s.label for s in valid], predict(r.model, valid, SPACE))
+    assert rescored == pytest.approx(r.valid_auc_after, abs=1e-9)
+
+
+def test_rejected_epoch_leaves_no_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training, "auc_or_fallback", lambda labels, scores: 0.5)
+    train, valid = learnable(0)
+    model = model_for_space(SPACE)
+    before = weights(model)
+    r = train_gated(model, train, valid, SPACE, TrainConfig(epochs=2, gate="epoch"))
+    assert (r.accepted_steps, r.total_steps) == (0, 20)
+    assert same(before, weights(model))
+
+
+def test_unknown_gate_is_refused() -> None:
+    with pytest.raises(ValueError, match="gate 'sometimes'"):
+        train_gated(model_for_space(SPACE), [], [], SPACE, TrainConfig(gate="sometimes"))
+
+
 def test_gate_is_deterministic_given_seed() -> None:
     """Same initial model, data and seed give identical weights and history."""
     train, valid = learnable(1)

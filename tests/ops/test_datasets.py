@@ -160,6 +160,49 @@ def test_synthetic_page_views_are_unlabelled_browsing() -> None:
     assert [e for e in ds.events if e["action"] != "page_view"] == plain.events
 
 
+def test_drift_scenario_has_headroom_by_its_own_probabilities() -> None:
+    """The drift preset: ranking live events by their true probabilities beats ranking them by the
+    taste before the cut by at least 0.05 GAUC, and its groups are hidden from profiles and exposure."""
+    from core.metrics import auc
+    from ops.experiment import DRIFT
+
+    data = load_dataset("synthetic", seed=0, **{**DRIFT, "n_users": 240})
+    truth, start = data.meta["truth"], data.meta["params"]["start_ts"]
+    cut = DRIFT["change_days"][-1]
+    by_user: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+    for e in data.events:
+        if (e["ts"] - start) // 86_400 >= cut:
+            by_user[e["user_id"]].append((e["label"], *truth[(e["user_id"], e["ts"])]))
+
+    def gauc(column: int) -> float:
+        num = den = 0.0
+        for rows in by_user.values():
+            labels = [r[0] for r in rows]
+            if 0 < sum(labels) < len(labels):
+                num += auc(labels, [r[column] for r in rows]) * len(rows)
+                den += len(rows)
+        return num / den
+
+    assert gauc(1) - gauc(2) >= 0.05
+    live_days = {u: len({(t - start) // 86_400 for t in ts}) for u, ts in _user_ts(data, cut, start).items()}
+    assert np.median(list(live_days.values())) >= 0.7 * (DRIFT["days"] - cut)
+    assert DRIFT["profile_noise"] == 1.0 and DRIFT["exposure_bias"] == 0.0
+    ages = {e["user_id"]: e["profile"]["age"] for e in data.events}
+    profiles_by_group: dict[int, Counter[str]] = defaultdict(Counter)
+    for user, age in ages.items():
+        profiles_by_group[data.groups[user]][age] += 1
+    shares = [max(c.values()) / sum(c.values()) for c in profiles_by_group.values()]
+    assert max(shares) < 0.5  # ages drawn uniformly (0.2 each): no group has the modal age it has by default
+
+
+def _user_ts(data: Dataset, cut: int, start: int) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = defaultdict(list)
+    for e in data.events:
+        if (e["ts"] - start) // 86_400 >= cut:
+            out[e["user_id"]].append(e["ts"])
+    return out
+
+
 def test_unknown_dataset_name() -> None:
     with pytest.raises(ValueError, match="movielens-100k"):
         load_dataset("nope")

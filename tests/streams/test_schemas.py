@@ -30,6 +30,7 @@ def examples() -> list[s.Record]:
         s.UpEnvelope("dev-1", [event, s.BehaviourEvent("user-1", 1, "i", [], "impression")], 5),
         s.PullRequest("dev-1", "user-1", 1_700_000_000, "r1", 12),
         s.DeviceActions("dev-1", [event], 19_000),
+        s.DevicePast("dev-1", [event]),
         sample,
         s.SampleSet.of([sample.to_sample()]),  # samples carry their user in the batch, not in the set
         s.SampleBatchV1("u", "d", [sample, sample]),
