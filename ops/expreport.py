@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.arms import ARMS
+import numpy as np
+
+from core.arms import ARMS, REFERENCES
 from ops import abtest
 from ops.experiment import EvalRow, Params, Split, pseudonyms
 
 log = logging.getLogger(__name__)
 
-LIFTS = (("coda", "cloud"), ("coda", "local"), ("coda", "coda_nofilter"), ("coda", "coda_random"),
-         ("local", "cloud"), ("coda_nofilter", "cloud"))
+# besides every arm and reference against cloud: what each control isolates
+COMPARISONS = (("coda", "local"), ("coda", "coda_random"), ("coda", "coda_nofilter"))
+ACCUMULATED = (("coda", "cloud"), ("coda", "local"), ("local", "cloud"))
+VALID_NOTE = ("measured on the same local validation samples that selected the steps (in-sample: an accepted "
+              "step raises it by construction)")
 DESIGN = (
     "Bucket test with rotation: a fixed hash of the device pseudonym picks a starting arm, seed s "
     "rotates it by s, so within a seed every user is in exactly one arm (a clean A/B/n test on disjoint "
@@ -40,6 +46,17 @@ class SeedLogs:
     batches: list[tuple[str, str, list[str], list[str]]]  # (device, target user pseudonym, sample ids, owners)
     neighbours: list[tuple[str, list[str]]] = field(default_factory=list)  # (user pseudonym, neighbours)
     trains: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, tuple[int, int]] = field(default_factory=dict)  # device → (accepted gated steps, all steps)
+    model_change: dict[str, float] = field(default_factory=dict)  # device → ‖M − M0‖ / ‖M0‖ of its final model
+    schedule: dict[str, str] = field(default_factory=dict)  # arm → when it trains, in one line
+    # device → (validation metric before, after) per training that took steps; see VALID_NOTE
+    valid: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+
+def comparisons(names: Sequence[str]) -> list[tuple[str, str]]:
+    """Every arm and reference against cloud, then the controls' comparisons, for the names present."""
+    return [*((n, "cloud") for n in names if n != "cloud"),
+            *((a, b) for a, b in COMPARISONS if a in names and b in names)]
 
 
 def device_summary(logs: Sequence[SeedLogs]) -> dict[str, dict[str, float]]:
@@ -59,20 +76,33 @@ def device_summary(logs: Sequence[SeedLogs]) -> dict[str, dict[str, float]]:
             for arm, c in sorted(acc.items())}
 
 
+def _arm_of_user(lg: SeedLogs, to_raw: Mapping[str, str]) -> dict[str, str]:
+    """user pseudonym → the arm of that user's device in this seed."""
+    arm_of_raw = {lg.users[d]: arm for d, arm in lg.arms.items() if d in lg.users}
+    return {p: arm_of_raw[u] for p, u in to_raw.items() if u in arm_of_raw}
+
+
+def _share(c: Counter[str]) -> float | None:
+    return round(c["same"] / c["all"], 4) if c["all"] else None
+
+
 def group_purity(logs: Sequence[SeedLogs], groups: Mapping[str, int], key: str) -> dict[str, Any]:
     """How often neighbours, matched samples and kept samples come from the user's own latent group."""
-    group_of = {p: groups[u] for p, u in pseudonyms(key, list(groups)).items()}
+    to_raw = pseudonyms(key, list(groups))
+    group_of = {p: groups[u] for p, u in to_raw.items()}
     sizes = Counter(groups.values())
     n = len(groups)
     chance = sum(s * (s - 1) for s in sizes.values()) / (n * (n - 1)) if n > 1 else None
-    neigh = Counter[str]()
+    neigh: dict[str, Counter[str]] = defaultdict(Counter)
     matched: dict[str, Counter[str]] = defaultdict(Counter)
     kept: dict[str, Counter[str]] = defaultdict(Counter)
     for lg in logs:
+        arm_of = _arm_of_user(lg, to_raw)
         for user, ns in lg.neighbours:
             g = group_of.get(user)
-            neigh["same"] += sum(group_of.get(x) == g for x in ns)
-            neigh["all"] += len(ns)
+            for c in (neigh["all"], neigh[arm_of.get(user, "?")]):
+                c["same"] += sum(group_of.get(x) == g for x in ns)
+                c["all"] += len(ns)
         owner_of: dict[tuple[str, str], str] = {}
         for dev, user, ids, owners in lg.batches:
             g = group_of.get(user)
@@ -87,20 +117,152 @@ def group_purity(logs: Sequence[SeedLogs], groups: Mapping[str, int], key: str) 
                 owner = owner_of.get((dev, i))
                 c["same"] += owner is not None and group_of.get(owner) == g
                 c["all"] += 1
-
-    def share(c: Counter[str]) -> float | None:
-        return round(c["same"] / c["all"], 4) if c["all"] else None
-
-    return {"chance": round(chance, 4) if chance is not None else None, "neighbours": share(neigh),
-            "neighbours_n": neigh["all"],
-            "matched_samples": {arm: share(c) for arm, c in sorted(matched.items())},
-            "kept_samples": {arm: share(c) for arm, c in sorted(kept.items())},
+    return {"chance": round(chance, 4) if chance is not None else None, "neighbours": _share(neigh["all"]),
+            "neighbours_n": neigh["all"]["all"],
+            "neighbours_by_arm": {arm: _share(c) for arm, c in sorted(neigh.items()) if arm != "all"},
+            "matched_samples": {arm: _share(c) for arm, c in sorted(matched.items())},
+            "kept_samples": {arm: _share(c) for arm, c in sorted(kept.items())},
             "kept_n": {arm: c["all"] for arm, c in sorted(kept.items())}}
+
+
+def neighbour_agreement(logs: Sequence[SeedLogs], events: Sequence[Mapping[str, Any]], key: str,
+                        seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per arm: how often a KNN neighbour's label on an item both users have equals the user's, against
+    a random other user for each pair. Each (user, neighbour) pair counts once."""
+    users = sorted({e["user_id"] for e in events})
+    pos = {u: i for i, u in enumerate(users)}
+    to_raw = pseudonyms(key, users)
+    to_idx = {p: pos[u] for p, u in to_raw.items()}
+    pairs: dict[str, np.ndarray] = {}  # arm → user × user 0/1: (user, neighbour) seen
+    for lg in logs:
+        arm_of = _arm_of_user(lg, to_raw)
+        for user, ns in dict.fromkeys((user, tuple(ns)) for user, ns in lg.neighbours):  # daily repeats
+            if user in to_idx:
+                m = pairs.setdefault(arm_of.get(user, "?"), np.zeros((len(users), len(users)), dtype=np.float32))
+                m[to_idx[user], [to_idx[n] for n in ns if n in to_idx]] = 1.0
+    labels = _label_matrices(events, pos)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for arm, m in sorted(pairs.items()):
+        np.fill_diagonal(m, 0.0)
+        (agree, shared), (r_agree, r_shared) = (_agree(labels, x) for x in (m, _random_pairs(m, rng)))
+        out[arm] = {"pairs": int(m.sum()), "shared_items": shared, "neighbours": _rate(agree, shared),
+                    "random_shared_items": r_shared, "random": _rate(r_agree, r_shared)}
+    return out
+
+
+def _label_matrices(events: Sequence[Mapping[str, Any]], pos: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """user × item indicators of a positive and of a negative label (the last label of a pair stands)."""
+    items = {i: n for n, i in enumerate(sorted({e["item_id"] for e in events}))}
+    last = {(pos[e["user_id"]], items[e["item_id"]]): int(e["label"]) for e in events}
+    ones, zeros = (np.zeros((len(pos), len(items)), dtype=np.float32) for _ in range(2))
+    for (u, i), y in last.items():
+        (ones if y else zeros)[u, i] = 1.0
+    return ones, zeros
+
+
+def _random_pairs(pairs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For every (user, neighbour) pair, the same user with a random other user (counts)."""
+    n = pairs.shape[0]
+    rows = np.repeat(np.arange(n), pairs.sum(axis=1).astype(int))
+    draws = rng.integers(0, max(1, n - 1), rows.size)
+    out = np.zeros_like(pairs)
+    np.add.at(out, (rows, draws + (draws >= rows)), 1.0)  # skip the user's own position
+    return out
+
+
+def _agree(labels: tuple[np.ndarray, np.ndarray], pairs: np.ndarray) -> tuple[int, int]:
+    """Items both users of each pair have, and how many of those carry the same label (pair-weighted)."""
+    ones, zeros = labels
+    same = sum(float((x * (pairs @ x)).sum(dtype=np.float64)) for x in (ones, zeros))
+    both = ones + zeros
+    return round(same), round(float((both * (pairs @ both)).sum(dtype=np.float64)))
+
+
+def _rate(num: int, den: int) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def schedules(logs: Sequence[SeedLogs]) -> dict[str, dict[str, Any]]:
+    """Per arm: when it trains, trainings per device, share of gated steps accepted, how far models moved."""
+    acc: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    text: dict[str, str] = {}
+    for lg in logs:
+        for arm, line in lg.schedule.items():
+            text.setdefault(arm, line)
+        for dev, arm in lg.arms.items():
+            a = acc[arm]
+            a["trains"].append(lg.trains.get(dev, 0))
+            if lg.steps:
+                a["steps"].append(lg.steps.get(dev, (0, 0)))
+            if lg.model_change:  # a device missing from a filled map never changed its model
+                a["change"].append(lg.model_change.get(dev, 0.0))
+            a["valid"] += lg.valid.get(dev, [])
+    out = {}
+    for arm, a in sorted(acc.items(), key=lambda kv: _order(kv[0])):
+        accepted, total = (sum(x[i] for x in a["steps"]) for i in (0, 1))
+        change = a["change"]
+        before, after = ([v[i] for v in a["valid"]] for i in (0, 1))
+        out[arm] = {"schedule": text.get(arm), "devices": len(a["trains"]),
+                    "trainings_per_device": round(statistics.fmean(a["trains"]), 2),
+                    "trainings_median": statistics.median(a["trains"]),
+                    "steps_accepted": accepted, "steps_total": total,
+                    "accepted_share": round(accepted / total, 4) if total else None,
+                    "model_change_mean": round(statistics.fmean(change), 5) if change else None,
+                    "model_change_median": round(statistics.median(change), 5) if change else None,
+                    "changed_share": round(sum(c > 0 for c in change) / len(change), 4) if change else None,
+                    "valid_before_mean": round(statistics.fmean(before), 4) if before else None,
+                    "valid_after_mean": round(statistics.fmean(after), 4) if after else None,
+                    "valid_note": VALID_NOTE}
+    return out
+
+
+def _order(name: str) -> int:
+    names = (*ARMS, *REFERENCES)
+    return names.index(name) if name in names else len(names)
+
+
+def headroom(by_arm: Mapping[str, Sequence[abtest.Unit]], reps: int) -> dict[str, Any]:
+    """Every arm's and reference's share of the headroom over cloud: the oracle's where the truth is known,
+    own_future's otherwise (a reference, not a bound)."""
+    base = next((r for r in ("oracle", "own_future") if by_arm.get(r)), None)
+    if base is None or not by_arm.get("cloud"):
+        return {"reference": None, "label": "no oracle or own_future rows: no headroom to share", "shares": {}}
+    label = ("share of the oracle headroom, (x − cloud) ÷ (oracle − cloud), oracle = the true click probabilities"
+             if base == "oracle" else
+             "share of the own_future headroom, (x − cloud) ÷ (own_future − cloud): no oracle on this data, and "
+             "own_future is a reference, not a bound (shares above 1 are possible)")
+    shares = {n: abtest.headroom_share(us, by_arm["cloud"], by_arm[base], reps)
+              for n, us in by_arm.items() if n not in ("cloud", base) and us}
+    return {"reference": base, "label": label, "shares": shares}
+
+
+def funnel(res: Mapping[str, Any], groups: Mapping[str, Any] | None,
+           agreement_: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Stage by stage per arm: matching → what the filter keeps (against the random control) → gate → model
+    change → lift over cloud. A null is located at the first stage that shows no signal."""
+    g = groups or {}
+    control = g.get("kept_samples", {}).get("coda_random")
+    arms = {}
+    for arm in (a for a in ARMS if a in res["arms"]):
+        sched = res["schedules"].get(arm, {})
+        lift = res["lifts"].get(f"{arm}_vs_cloud", {})
+        agree = (agreement_ or {}).get(arm, {})
+        arms[arm] = {"matching_precision": g.get("neighbours_by_arm", {}).get(arm),
+                     "matched_own_group": g.get("matched_samples", {}).get(arm),
+                     "kept_own_group": g.get("kept_samples", {}).get(arm),
+                     "kept": g.get("kept_n", {}).get(arm, res["devices"].get(arm, {}).get("kept")),
+                     "neighbour_agreement": agree.get("neighbours"), "random_agreement": agree.get("random"),
+                     "accepted_share": sched.get("accepted_share"),
+                     "model_change_mean": sched.get("model_change_mean"),
+                     "lift_vs_cloud": {m: lift.get(m) for m in abtest.HEADROOM} if lift.get("users") else None,
+                     "headroom_share": res["headroom"]["shares"].get(arm, {}).get("gauc")}
+    return {"chance": g.get("chance"), "control_kept_own_group": control, "arms": arms}
 
 
 def analyse(rows: Sequence[EvalRow], split: Split, params: Params, logs: Sequence[SeedLogs],
             key: str) -> dict[str, Any]:
-    """Every number of the report, from the seeds' progressive-validation rows."""
+    """Every number of the report, from the seeds' progressive-validation rows (arms and references)."""
     days = len(split.live)
     b = params.bootstrap
     out: dict[str, Any] = {
@@ -111,25 +273,37 @@ def analyse(rows: Sequence[EvalRow], split: Split, params: Params, logs: Sequenc
                  "live_days": days, "history_events": sum(p.events for p in split.history),
                  "live_events": sum(p.events for p in split.live), "live_users": len(split.live_users)},
     }
+    present = {r.arm for r in rows}
+    names = [n for n in (*ARMS, *REFERENCES) if n in present]
+    out["references"] = [n for n in REFERENCES if n in present]
     for tag, after in (("", False), ("_after_first_day", True)):
         us = abtest.units(rows, params.top_n, after)
-        by_arm = {arm: [u for u in us if u.arm == arm] for arm in ARMS}
-        out[f"arms{tag}"] = {arm: abtest.arm_metrics(by_arm[arm], b) for arm in ARMS}
-        out[f"lifts{tag}"] = {f"{a}_vs_{c}": abtest.paired_lift(by_arm[a], by_arm[c], b) for a, c in LIFTS}
+        by_arm = {n: [u for u in us if u.arm == n] for n in names}
+        out[f"arms{tag}"] = {n: abtest.arm_metrics(by_arm[n], b) for n in names}
+        out[f"lifts{tag}"] = {f"{a}_vs_{c}": abtest.paired_lift(by_arm[a], by_arm[c], b)
+                              for a, c in comparisons(names)}
         if after:
             continue
-        seeds = abtest.per_seed(us, params.seeds)
+        out["headroom"] = headroom(by_arm, b)
+        seeds = abtest.per_seed([u for u in us if u.seed >= 0], params.seeds)  # references: seed −1
         out["per_seed"] = seeds
         out["per_seed_summary"] = {arm: {m: abtest.t_interval(v) for m, v in ms.items()} for arm, ms in seeds.items()}
         out["per_seed_lifts"] = {
             f"{a}_vs_{c}": {m: abtest.t_interval([_diff(m, x, y) for x, y in zip(seeds[a][m], seeds[c][m], strict=True)])
-                            for m in (*abtest.OFFLINE, *abtest.ONLINE)} for a, c in LIFTS}
-        out["series"] = {"days": days, "per_arm": abtest.day_series(us, days),
-                         "accumulated": {f"{a}_vs_{c}": abtest.accumulated_lift(by_arm[a], by_arm[c], days)
-                                         for a, c in (("coda", "cloud"), ("coda", "local"))}}
+                            for m in (*abtest.OFFLINE, *abtest.ONLINE)}
+            for a, c in comparisons(names) if a in ARMS and c in ARMS}
+        window = 7 if days > 14 else 1  # long runs: a week smooths weekday effects; short ones keep each day
+        out["series"] = {"days": days, "window": window, "per_arm": abtest.day_series(us, days, names, b, window),
+                         "accumulated": {f"{a}_vs_{c}": abtest.accumulated_lift(by_arm[a], by_arm[c], days, b)
+                                         for a, c in ACCUMULATED if a in names and c in names}}
     out["devices"] = device_summary(logs)
+    out["schedules"] = schedules(logs)
     if split.groups:
         out["groups"] = group_purity(logs, split.groups, key)
+    agree = neighbour_agreement(logs, split.events, key) if any(lg.neighbours for lg in logs) else None
+    if agree is not None:
+        out["neighbour_agreement"] = agree
+    out["funnel"] = funnel(out, out.get("groups"), agree)
     return out
 
 
@@ -188,25 +362,30 @@ def report_md(res: Mapping[str, Any], figures: Sequence[str], offline: Mapping[s
              "is the mean cross-entropy. Online analogues rank each user's events of a day by score and 'show' the "
              "top n: click rate of the shown, clicks per user-day, share of user-days with a click.", ""]
     lines += _summary(res)
-    lines += _offline_table(res, "arms", "Table 3 analogue — offline metrics per arm (all live events)")
+    lines += _target_lines(res)
+    lines += _offline_table(res, "arms", "Table 3 analogue — offline metrics per arm and reference (all live events)")
     lines += _offline_table(res, "arms_after_first_day",
                             "Same, events after each user's first live day (where arms can differ)")
     lines += _online_table(res)
+    lines += _headroom_lines(res)
     lines += _lift_table(res, "lifts", "Lifts (paired users, all live events)")
     lines += _lift_table(res, "lifts_after_first_day", "Lifts (paired users, after the first live day)")
+    lines += _funnel_lines(res)
+    lines += _schedule_lines(res)
     lines += _seed_table(res)
     lines += _device_table(res)
-    if "groups" in res:
-        lines += _group_lines(res["groups"])
     if "sweep" in res:
         lines += _sweep_lines(res["sweep"])
     if "tune" in res:
         lines += _tune_lines(res["tune"])
     if offline:
         lines += _offline_agreement(offline)
-    lines += ["## Figures", "", "Figure 9 analogue: each arm's own users per day (7-day means); arms hold different "
-              "users on a day, so population noise dominates. Figure 10 analogue: lifts accumulated over days on "
-              "users seen in both arms (same events), the comparison to read.", ""]
+    window = res["series"].get("window", 1)
+    lines += ["## Figures", "", "Forest plot: every paired lift and headroom share with its 95% CI. Figure 9 "
+              f"analogue: each arm's own users per day ({window}-day trailing window, bootstrap band over users); "
+              "arms hold different users on a day, so population noise dominates. Figure 10 analogue: lifts "
+              "accumulated over days on users seen in both arms (same events), paired bootstrap band: the "
+              "comparison to read.", ""]
     lines += [f"![{f}]({f})" for f in figures] + [""]
     return "\n".join(lines)
 
@@ -244,11 +423,132 @@ def _per_seed_diff(res: Mapping[str, Any], base: str) -> list[float | None]:
     return [None if x is None or y is None else x - y for x, y in zip(a, b, strict=True)]
 
 
+# --------------------------------------------------------------------------- targets, headroom, funnel, schedules
+def targets(res: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The known-answer experiment's targets, each met / missed (None: not measurable here) with its figure."""
+    lifts = res["lifts"]
+    hr = res["headroom"]
+    oracle = hr.get("reference") == "oracle"
+
+    def lift(name: str) -> Mapping[str, Any]:
+        m = lifts.get(name, {})
+        return m.get("gauc", {}) if m.get("users") else {}
+
+    def share(name: str, at_least: float, what: str) -> dict[str, Any]:
+        m = hr["shares"].get(name, {}).get("gauc", {}) if oracle else {}
+        return _target(what, None if m.get("value") is None else m["value"] >= at_least,
+                       _ci(m, 3) if m else "no oracle rows")
+
+    def beats(name: str, by: float, what: str) -> dict[str, Any]:
+        m = lift(name)
+        met = None if m.get("lo") is None else m["value"] >= by and m["lo"] > 0
+        return _target(what, met, _signed({**m, "relative": False}) if m else "no paired users")
+
+    order = [lift("local_vs_cloud").get("value"), lift("coda_vs_local").get("value")]
+    elapsed = res.get("elapsed_s")
+    return [
+        share("group_oracle", 0.5, "group_oracle recovers ≥ 50 % of the oracle headroom (GAUC)"),
+        _target("cloud < local < CoDA in paired GAUC", None if None in order else all(v > 0 for v in order),
+                f"local − cloud {_opt(order[0])}, CoDA − local {_opt(order[1])}"),
+        beats("coda_vs_local", 0.02, "CoDA − local ≥ +0.02 GAUC, 95 % CI above zero"),
+        beats("coda_vs_coda_random", 0.005, "CoDA − coda_random ≥ +0.005 GAUC, 95 % CI above zero"),
+        share("coda", 0.3, "CoDA closes ≥ 30 % of the oracle headroom (GAUC)"),
+        _target("the run finishes in ≤ 15 minutes", None if elapsed is None else elapsed <= 900,
+                f"{elapsed} s" if elapsed is not None else "not timed"),
+    ]
+
+
+def _target(what: str, met: bool | None, figure: str) -> dict[str, Any]:
+    return {"target": what, "met": met, "figure": figure}
+
+
+def _opt(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.4f}"
+
+
+def _target_lines(res: Mapping[str, Any]) -> list[str]:
+    out = ["## Targets of the known-answer experiment", ""]
+    for t in targets(res):
+        verdict = {True: "met", False: "missed", None: "not measurable"}[t["met"]]
+        out.append(f"- {t['target']}: **{verdict}** ({t['figure']}).")
+    return [*out, ""]
+
+
+def _headroom_lines(res: Mapping[str, Any]) -> list[str]:
+    hr = res["headroom"]
+    refs = ", ".join(res.get("references", [])) or "none"
+    out = ["## References and headroom", "",
+           f"References scored on the same live events as the arms (seed −1 in the rows): {refs}. oracle = the "
+           "generator's true click probabilities; own_future = each device's model fine-tuned on its own user's "
+           "live events, cross-fitted (a reference, not a bound); group_oracle = the same on the live samples of "
+           "the user's true group-mates (what perfect matching would give).", ""]
+    if hr.get("reference") is None:
+        return [*out, hr["label"], ""]
+    out += [f"Each row: {hr['label']}; users present in all three, ratio of means, 95% bootstrap CI over "
+            "those users.", "",
+            "| arm / reference | users | share (GAUC) | share (GAUC per user-day) | GAUC x / cloud / reference |",
+            "|---|---|---|---|---|"]
+    for name, h in hr["shares"].items():
+        if not h.get("users"):
+            out.append(f"| {name} | 0 | – | – | – |")
+            continue
+        g = h["gauc"]
+        out.append(f"| {name} | {h['users']} | {_ci(g, 3)} | {_ci(h['gauc_user_day'], 3)} | "
+                   f"{_num(g['arm'])} / {_num(g['cloud'])} / {_num(g['oracle'])} |")
+    return [*out, ""]
+
+
+def _funnel_lines(res: Mapping[str, Any]) -> list[str]:
+    f = res["funnel"]
+    out = ["## Mechanism funnel", "",
+           "Stage by stage: matching → what the filter keeps (against the random-subset control, coda_random) → "
+           "gate acceptance → model change (‖M − M0‖ / ‖M0‖) → lift over cloud. A null sits at the first stage "
+           "without signal.", ""]
+    if f.get("chance") is not None:
+        out += [f"Own-group shares (latent groups; chance for a random other user: {f['chance']}; the random "
+                f"control's kept samples: {_opt_share(f['control_kept_own_group'])}).", "",
+                "| arm | matching precision | matched own-group | kept own-group | kept | gate accepted | "
+                "model change | ΔGAUC vs cloud | headroom share |", "|---|---|---|---|---|---|---|---|---|"]
+        cells = ("matching_precision", "matched_own_group", "kept_own_group", "kept")
+    else:
+        out += ["No latent groups on this data: the neighbours' agreement with the user's labels on items both "
+                "have, against a random other user for each (user, neighbour) pair.", "",
+                "| arm | neighbour agreement | random agreement | gate accepted | model change | "
+                "ΔGAUC vs cloud | headroom share |", "|---|---|---|---|---|---|---|"]
+        cells = ("neighbour_agreement", "random_agreement")
+    for arm, r in f["arms"].items():
+        lift = (r["lift_vs_cloud"] or {}).get("gauc")
+        row = [_opt_share(r[c]) for c in cells] + [_opt_share(r["accepted_share"]),
+                                                   _opt_share(r["model_change_mean"]), _signed(lift),
+                                                   _ci(r["headroom_share"], 3)]
+        out.append(f"| {arm} | {' | '.join(row)} |")
+    return [*out, ""]
+
+
+def _opt_share(x: Any) -> str:
+    return "–" if x is None else str(x)
+
+
+def _schedule_lines(res: Mapping[str, Any]) -> list[str]:
+    out = ["## Schedules: when each arm trains, and what training did", "",
+           f"Validation metric before → after: {VALID_NOTE}.", "",
+           "| arm | schedule | devices | trainings per device (median) | gated steps accepted | "
+           "model change mean (median) | devices changed | validation metric before → after |",
+           "|---|---|---|---|---|---|---|---|"]
+    for arm, m in res["schedules"].items():
+        steps = (f"{m['steps_accepted']}/{m['steps_total']} ({m['accepted_share']})" if m["steps_total"] else "–")
+        change = "–" if m["model_change_mean"] is None else f"{m['model_change_mean']} ({m['model_change_median']})"
+        valid = ("–" if m["valid_before_mean"] is None
+                 else f"{m['valid_before_mean']} → {m['valid_after_mean']} (in-sample)")
+        out.append(f"| {arm} | {m['schedule'] or '–'} | {m['devices']} | {m['trainings_per_device']} "
+                   f"({m['trainings_median']}) | {steps} | {change} | {_opt_share(m['changed_share'])} | {valid} |")
+    return [*out, ""]
+
+
 def _offline_table(res: Mapping[str, Any], key: str, title: str) -> list[str]:
     out = [f"## {title}", "", "| arm | users | events | GAUC | GAUC per user-day | AUC | logloss |",
            "|---|---|---|---|---|---|---|"]
-    for arm in ARMS:
-        m = res[key][arm]
+    for arm, m in res[key].items():
         out.append(f"| {arm} | {m['users']['value']} | {m['events']['value']} | {_ci(m['gauc'])} | "
                    f"{_ci(m['gauc_user_day'])} | {_ci(m['auc'])} | {_ci(m['logloss'])} |")
     return [*out, ""]
@@ -259,8 +559,7 @@ def _online_table(res: Mapping[str, Any]) -> list[str]:
     out = [f"## Table 4 analogue — online metrics per arm (each user's top-{n} scored items of a day)", "",
            "| arm | click rate of top-ranked | clicks per user-day | share of user-days with a click |",
            "|---|---|---|---|"]
-    for arm in ARMS:
-        m = res["arms"][arm]
+    for arm, m in res["arms"].items():
         out.append(f"| {arm} | {_ci(m['ctr_top'])} | {_ci(m['clicks_per_user_day'])} | "
                    f"{_ci(m['share_clicking'])} |")
     return [*out, ""]
@@ -311,18 +610,6 @@ def _device_table(res: Mapping[str, Any]) -> list[str]:
     return [*out, ""]
 
 
-def _group_lines(g: Mapping[str, Any]) -> list[str]:
-    out = ["## Where the premise holds: latent groups", "",
-           f"Share from the user's own latent group (chance for a random other user: {g['chance']}):", "",
-           f"- KNN neighbours (match results): {g['neighbours']} of {g['neighbours_n']}", ""]
-    out += ["| arm | matched samples from own group | kept samples from own group | kept samples |",
-            "|---|---|---|---|"]
-    for arm in sorted(set(g["matched_samples"]) | set(g["kept_samples"])):
-        out.append(f"| {arm} | {g['matched_samples'].get(arm, '–')} | {g['kept_samples'].get(arm, '–')} | "
-                   f"{g['kept_n'].get(arm, 0)} |")
-    return [*out, ""]
-
-
 def _sweep_lines(sw: Mapping[str, Any]) -> list[str]:
     out = ["## Sweep over K and σ (offline engine, same split and seeds)", "",
            "| K | σ | coda GAUC | ΔGAUC coda−cloud | ΔGAUC coda−local | Δlogloss coda−cloud |", "|---|---|---|---|---|---|"]
@@ -364,80 +651,135 @@ def _num(x: float | None) -> str:
 
 
 def agreement(stream: Sequence[EvalRow], offline: Sequence[EvalRow]) -> dict[str, Any]:
-    """Per arm: evaluation counts, GAUC and logloss of both; score differences on shared events."""
+    """Per arm and reference present: evaluation counts, GAUC and logloss of both; score differences on
+    shared events, joined by (seed, arm, sample id): many events share their user's (user, ts)."""
     out: dict[str, Any] = {"agreement": {}}
-    for arm in ARMS:
+    present = {r.arm for r in (*stream, *offline)}
+    for arm in (n for n in (*ARMS, *REFERENCES) if n in present):
         s_us = abtest.units([r for r in stream if r.arm == arm], 3)
         o_us = abtest.units([r for r in offline if r.arm == arm], 3)
         ps, po = abtest.point_metrics(s_us), abtest.point_metrics(o_us)
         out["agreement"][arm] = {"events_stream": sum(u.n for u in s_us), "events_offline": sum(u.n for u in o_us),
                                  "gauc_stream": ps["gauc"], "gauc_offline": po["gauc"],
                                  "logloss_stream": ps["logloss"], "logloss_offline": po["logloss"]}
-    a = {(r.seed, r.user, r.ts): r.score for r in stream}
-    b = {(r.seed, r.user, r.ts): r.score for r in offline}
+    a, b = _by_sample(stream), _by_sample(offline)
     shared = set(a) & set(b)
     diffs = [abs(a[k] - b[k]) for k in shared]
     out["shared_events"] = len(shared)
+    out["unkeyed_rows"] = sum(not r.sample_id for r in (*stream, *offline))
     out["max_score_diff"] = max(diffs) if diffs else None
     out["identical_share"] = round(sum(x <= 1e-6 for x in diffs) / len(diffs), 4) if diffs else None
     return out
 
 
+def _by_sample(rows: Sequence[EvalRow]) -> dict[tuple[int, str, str], float]:
+    return {(r.seed, r.arm, r.sample_id): r.score for r in rows if r.sample_id}
+
+
 # --------------------------------------------------------------------------- figures
 def figures(res: Mapping[str, Any], out: Path) -> list[str]:
-    """Figure 9 analogue (per-day metric per arm) and Figure 10 analogue (accumulated lift)."""
+    """Forest plot, Figure 9 analogue (per-day metric per arm, with bands) and Figure 10 analogue
+    (accumulated lift, with bands)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = res["series"]
+    series, title = res["series"], res["data"]["dataset"]
     days = list(range(1, series["days"] + 1))
-    names = []
+    names = [forest(res, out)]
+    window = series.get("window", 1)
     fig, axes = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
-    for arm in ARMS:
-        s = series["per_arm"][arm]
+    for arm, s in series["per_arm"].items():
+        ref = arm in REFERENCES  # dashed, no band: a level to read the arms against
         for ax, metric in zip(axes, ("ctr_top", "gauc"), strict=True):
-            ax.plot(days, _smooth(s[metric]), label=arm, lw=1.4)
-    axes[0].set_ylabel(f"click rate of top-{res['params']['top_n']} (7-day mean)")
-    axes[1].set_ylabel("daily GAUC (7-day mean)")
-    axes[1].set_xlabel("live day")
-    axes[0].legend(ncol=5, fontsize=8)
-    fig.suptitle(f"{res['data']['dataset']}: per-day metrics per arm (Figure 9 analogue)")
-    fig.tight_layout()
-    fig.savefig(out / "fig9_daily.png", dpi=110)
-    plt.close(fig)
+            _band(ax, days, s[metric], arm, 1.0, band=not ref, ls="--" if ref else "-")
+    axes[0].set_ylabel(f"click rate of top-{res['params']['top_n']}")
+    axes[1].set_ylabel("GAUC per user-day")
+    axes[1].set_xlabel(f"live day ({window}-day trailing window; band: 95% bootstrap over users)")
+    axes[0].legend(ncol=4, fontsize=8)
+    _save(fig, out / "fig9_daily.png", f"{title}: per-day metrics per arm (Figure 9 analogue)")
     names.append("fig9_daily.png")
     fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     for name, acc in series["accumulated"].items():
-        axes[0].plot(days, [None if v is None else 100 * v for v in acc["ctr_top"]], label=name)
-        axes[1].plot(days, acc["gauc"], label=name)
+        _band(axes[0], days, acc["ctr_top"], _pair(name), 100.0)
+        _band(axes[1], days, acc["gauc"], _pair(name), 1.0)
     for ax in axes:
         ax.axhline(0, color="grey", lw=0.8)
     axes[0].set_ylabel("accumulated lift, click rate top-ranked (%)")
     axes[1].set_ylabel("accumulated ΔGAUC")
-    axes[1].set_xlabel("live day")
-    axes[0].legend()
-    fig.suptitle(f"{res['data']['dataset']}: accumulated lift over days, paired users (Figure 10 analogue)")
-    fig.tight_layout()
-    fig.savefig(out / "fig10_accumulated_lift.png", dpi=110)
-    plt.close(fig)
+    axes[1].set_xlabel("live day (band: 95% paired bootstrap over users)")
+    axes[0].legend(fontsize=8)
+    _save(fig, out / "fig10_accumulated_lift.png",
+          f"{title}: accumulated lift over days, paired users (Figure 10 analogue)")
     names.append("fig10_accumulated_lift.png")
     return names
 
 
-def _smooth(values: Sequence[float | None], window: int = 7) -> list[float | None]:
-    out: list[float | None] = []
-    for i in range(len(values)):
-        xs = [v for v in values[max(0, i - window + 1): i + 1] if v is not None]
-        out.append(sum(xs) / len(xs) if xs else None)
-    return out
+def _band(ax: Any, days: Sequence[int], m: Mapping[str, Sequence[float | None]], label: str, scale: float,
+          band: bool = True, ls: str = "-") -> None:
+    """A line with its CI band; None (no data that day) leaves a gap."""
+    val, lo, hi = (np.array([np.nan if v is None else scale * v for v in m[k]], dtype=float)
+                   for k in ("value", "lo", "hi"))
+    (line,) = ax.plot(days, val, label=label, lw=1.4, ls=ls)
+    if band:
+        ax.fill_between(days, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+
+
+def _save(fig: Any, path: Path, title: str, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def forest(res: Mapping[str, Any], out: Path) -> str:
+    """forest.png: every paired lift (ΔGAUC, ΔGAUC per user-day) and headroom share with its 95% CI."""
+    import matplotlib.pyplot as plt
+
+    hr = res["headroom"]
+    panels = [("paired lift (all live events)", res["lifts"], "difference", 0.0),
+              (f"share of the {hr['reference'] or '–'} headroom", hr["shares"], "share", 1.0)]
+    rows = max(1, len(res["lifts"]), len(hr["shares"]))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 1.2 + 0.42 * rows))
+    for ax, (title, items, xlabel, ref) in zip(axes, panels, strict=True):
+        ax.set_title(title, fontsize=10)
+        labels = list(items)
+        if not labels:
+            ax.text(0.5, 0.5, "no reference rows", ha="center", transform=ax.transAxes)
+            continue
+        for j, (metric, marker, shift) in enumerate((("gauc", "o", -0.15), ("gauc_user_day", "s", 0.15))):
+            for i, name in enumerate(labels):
+                m = items[name].get(metric) if items[name].get("users") else None
+                if not m or m.get("value") is None:
+                    continue
+                lo, hi = m.get("lo"), m.get("hi")
+                err = [[m["value"] - lo], [hi - m["value"]]] if lo is not None and hi is not None else None
+                ax.errorbar(m["value"], i + shift, xerr=err, fmt=marker, color=f"C{j}", ms=4, capsize=2)
+        ax.axvline(0, color="grey", lw=0.8)
+        if ref:
+            ax.axvline(ref, color="grey", lw=0.8, ls=":")
+        ax.set_yticks(range(len(labels)), [_pair(n) for n in labels], fontsize=8)
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+        ax.set_xlabel(xlabel)
+    handles = [plt.Line2D([], [], color=f"C{j}", marker=mk, ls="") for j, mk in enumerate("os")]
+    fig.legend(handles, ["GAUC", "GAUC per user-day"], loc="lower center", ncol=2, fontsize=8)
+    fig.subplots_adjust(bottom=0.1)
+    _save(fig, out / "forest.png", f"{res['data']['dataset']}: lifts and headroom shares (95% CI)",
+          rect=(0, 0.06, 1, 1))
+    return "forest.png"
+
+
+def _pair(name: str) -> str:
+    return name.replace("_vs_", " − ")
 
 
 def write(res: Mapping[str, Any], out: Path, offline: Mapping[str, Any] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     names = figures(res, out)
-    body = dict(res)
+    body = {**res, "targets": targets(res)}
     if offline:
         body["offline"] = offline
     (out / "results.json").write_text(json.dumps(body, indent=1, default=_plain))

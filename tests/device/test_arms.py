@@ -1,4 +1,4 @@
-"""Tests for the experiment arms on a device: who pulls, what the controls keep, when local trains."""
+"""Tests for the experiment arms on a device: who pulls, what coda and the controls keep, when local trains."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 from samplegen import DAY, START, make_events
 from test_runtime import DEVICE_ID, USER, batch, similar_samples
 
-from core.arms import ARMS, assign_arm
+from core.arms import ARMS, assign_arm, random_like
 from core.privacy import device_pseudonym
-from core.training import filter_matched
+from core.sample import Sample
+from core.training import FilterResult, filter_matched
 from device.runtime import KEPT_KEY, Device, Runtime, fresh_initial
 from device.storage import open_store
 from streams.schemas import DeviceActions, DownNotice, PullRequest
@@ -97,28 +98,43 @@ async def test_coda_pulls_at_day_end_and_follow_ups_stay_in_that_day(tmp_path: P
         await rt.close()
 
 
-async def test_nofilter_keeps_everything_and_random_keeps_the_classifier_count(tmp_path: Path) -> None:
-    """coda_nofilter keeps all matched samples; coda_random as many as the classifier would, chosen at random."""
-    matched = similar_samples(40, 0)
-    kept: dict[str, list[str]] = {}
+async def _filter_as_the_device(dev: Device, matched: list[Sample], sigma: float) -> FilterResult:
+    """Algorithm 2 rerun with the device's local samples and seed: what its classifier scored."""
+    rt = dev.rt
+    async with open_store(rt.pool, dev.dir, rt.limits) as store:
+        local = (await store.local_split((START // DAY + 1) * DAY, 3, 7)).classifier
+    return filter_matched(local, sorted(matched, key=lambda x: (x.ts, x.sample_id)), rt.space, sigma,
+                          rt.settings.classifier_share, dev._seed("filter", 0))  # noqa: SLF001 - the device's seed
+
+
+async def test_filters_keep_what_each_arm_promises(tmp_path: Path) -> None:
+    """coda keeps exactly the classifier's picks (score ≥ σ); coda_random as many, but its own random draw
+    (not the picks); coda_nofilter every matched sample."""
+    matched, sigma = similar_samples(40, 0), 0.5
+    kept: dict[str, set[str]] = {}
+    picks: dict[str, set[str]] = {}
     for arm in ("coda_nofilter", "coda_random", "coda"):
-        rt = runtime_for(tmp_path / arm, arm, sigma=0.05)
+        rt = runtime_for(tmp_path / arm, arm, sigma=sigma)
         try:
             dev = device(rt)
             await act(dev, 0, 40)
             await dev.on_batch(batch(dev, "b0", matched))
-            kept[arm] = await kept_ids(dev)
+            kept[arm] = set(await kept_ids(dev))
+            if arm == "coda_nofilter":
+                continue
+            result = await _filter_as_the_device(dev, matched, sigma)
+            picks[arm] = {x.sample_id[:12] for x in result.kept}
+            assert all(result.scores[x.sample_id] >= sigma for x in result.kept)
+            assert 0 < len(picks[arm]) < len(result.scored_ids)  # a strict choice: chance could not match it
             if arm == "coda_random":
-                async with open_store(rt.pool, dev.dir, rt.limits) as store:
-                    local = (await store.local_split((START // DAY + 1) * DAY, 3, 7)).classifier
-                seed = dev._seed("filter", 0)  # noqa: SLF001 - the seed the device used
-                result = filter_matched(local, sorted(matched, key=lambda x: (x.ts, x.sample_id)),
-                                        rt.space, 0.05, rt.settings.classifier_share, seed)
-                assert len(kept[arm]) == len(result.kept)
+                drawn = random_like(result, sigma, dev._seed("random", 0))  # noqa: SLF001 - the device's seed
+                assert kept[arm] == {sid[:12] for sid in drawn.keep}
         finally:
             await rt.close()
-    assert len(kept["coda_nofilter"]) == len(matched)
-    assert kept["coda_random"] and set(kept["coda_random"]) <= {x.sample_id[:12] for x in matched}
+    assert kept["coda_nofilter"] == {x.sample_id[:12] for x in matched}
+    assert kept["coda"] == picks["coda"]
+    assert len(kept["coda_random"]) == len(picks["coda_random"]) and kept["coda_random"] != picks["coda_random"]
+    assert kept["coda_random"] <= {x.sample_id[:12] for x in matched}
 
 
 async def test_notice_ends_the_day_for_every_pulling_arm(tmp_path: Path) -> None:

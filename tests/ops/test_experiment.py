@@ -1,13 +1,10 @@
-"""Tests for the experiment layer: the streaming A/B run agrees with the offline reference; the analysis."""
+"""Tests for the experiment layer: the streaming A/B run agrees with the offline reference, event by event."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from core.arms import ARMS
-from core.metrics import auc
-from ops import abtest, expreport
-from ops.experiment import EvalRow, Params, eval_rows, prepare, run_streaming
+from ops import expreport
+from ops.experiment import Params, eval_rows, prepare, run_streaming
 from ops.offline import run_offline
 from streams.settings import Settings
 
@@ -34,6 +31,7 @@ async def test_streaming_experiment_agrees_with_the_offline_reference(settings: 
     assert offline.global_version == run.global_model["version"]
     assert {d.arm for d in run.devices} == set(ARMS)
     agree = expreport.agreement(stream, offline.rows)
+    assert agree["unkeyed_rows"] == 0  # every row carries its sample id: the join is by event
     for arm, a in agree["agreement"].items():
         assert a["events_stream"] == a["events_offline"] > 0, arm
         if a["gauc_stream"] is not None or a["gauc_offline"] is not None:
@@ -51,39 +49,26 @@ async def _in_thread(fn, *args):  # type: ignore[no-untyped-def]
     return await asyncio.to_thread(fn, *args)
 
 
-def _rows(arm: str, scores_by_user: dict[str, list[tuple[int, float]]], seed: int = 0) -> list[EvalRow]:
-    """Each user's events alternate between live days 0 and 1."""
-    return [EvalRow(seed, arm, u, i % 2, 1000 * (i % 2) + i, label, score)
-            for u, rs in scores_by_user.items() for i, (label, score) in enumerate(rs)]
+DRIFT_SMALL = Params(dataset="synthetic", scenario="drift", seeds=(2,), k=6, history_share=0.5, index_url="exact://",
+                     bootstrap=50, synthetic={"n_users": 30, "n_groups": 3, "heterogeneity": 0.9, "days": 6,
+                                              "change_days": (2, 3), "events_per_day": (3, 6),
+                                              "activity": (8.0, 1.5), "exposure_bias": 0.0, "profile_noise": 1.0})
 
 
-def test_weighted_auc_matches_auc_and_bootstrap_weights() -> None:
-    """The bootstrap AUC with unit weights is the plain AUC; integer weights equal repeating events."""
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 200).astype(float)
-    p = np.round(rng.random(200), 2)  # ties on purpose
-    assert abtest._weighted_auc(y, p, np.ones((1, 200)))[0] == auc(y, p)  # noqa: SLF001
-    w = rng.integers(0, 3, 200)
-    rep = np.repeat(np.arange(200), w)
-    assert abs(abtest._weighted_auc(y, p, w[None, :].astype(float))[0] - auc(y[rep], p[rep])) < 1e-12  # noqa: SLF001
-
-
-def test_paired_lift_is_zero_for_identical_arms_and_positive_for_a_better_ranking() -> None:
-    """Same scores in both arms → every lift 0; a perfect ranking beats a reversed one."""
-    users = {f"u{i}": [(1, 0.9), (0, 0.2), (1, 0.7), (0, 0.4), (0, 0.3), (0, 0.1), (1, 0.8), (0, 0.35),
-                       (0, 0.25), (0, 0.15)] for i in range(8)}
-    worse = {u: [(label, 1 - s) for label, s in rs] for u, rs in users.items()}
-    a = abtest.units(_rows("coda", users), 3)
-    b = abtest.units(_rows("cloud", users, seed=1), 3)
-    same = abtest.paired_lift(a, b, 50)
-    assert same["users"] == 8 and same["gauc"]["value"] == 0 and same["ctr_top"]["value"] == 0  # type: ignore[index]
-    lift = abtest.paired_lift(a, abtest.units(_rows("cloud", worse, seed=1), 3), 50)
-    assert lift["gauc"]["value"] == 1.0 and lift["gauc"]["lo"] == 1.0  # type: ignore[index]
-    assert lift["ctr_top"]["value"] > 0  # type: ignore[index]
-
-
-def test_after_first_day_drops_each_users_first_live_day() -> None:
-    """Only events after a user's first live day remain (the days where arms can differ)."""
-    rows = [EvalRow(0, "coda", "u", d, 100 * d + i, i % 2, 0.5) for d in (3, 3, 5, 6) for i in range(2)]
-    [unit] = abtest.units(rows, 3, after_first_day=True)
-    assert unit.n == 4 and set(unit.days.tolist()) == {5, 6}
+async def test_the_engines_agree_on_the_drift_scenario_with_the_device_knobs(settings: Settings) -> None:
+    """The drift scenario with the clicks feature, an epoch gate and several epochs: same scores, same
+    trainings, same gated steps and the same distance from M0 on both engines, device by device."""
+    root = settings.replace(match_feature="clicks", gate="epoch", train_epochs=2, device_learning_rate=0.02,
+                            lifecycle_t_days=1)  # local samples train from their second day
+    split = prepare(DRIFT_SMALL)
+    assert split.truth and len(split.live) == 3
+    [run] = await _in_thread(run_streaming, root, split, DRIFT_SMALL, lambda m: None)
+    offline = run_offline(split, DRIFT_SMALL.settings_for(root, "offline", 2), 2, DRIFT_SMALL.global_seed)
+    agree = expreport.agreement(eval_rows(run.seed, run.devices, split.cut_day), offline.rows)
+    assert agree["unkeyed_rows"] == 0 and agree["identical_share"] >= 0.9, agree
+    for d in run.devices:
+        assert (d.trains, d.steps) == (offline.trains[d.pseudonym], offline.steps[d.pseudonym]), d.pseudonym
+        assert abs(d.model_change - offline.model_change[d.pseudonym]) <= 1e-4, d.pseudonym
+    trained = {d.arm for d in run.devices if d.trains}
+    assert {"local", "coda", "coda_nofilter", "coda_random"} <= trained  # every personalizing arm moved
+    assert all(d.trains == 0 for d in run.devices if d.arm == "cloud")
