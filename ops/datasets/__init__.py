@@ -70,6 +70,12 @@ def _load_movielens(cache_dir: Path, **options: Any) -> Dataset:
     return load_movielens_100k(cache_dir, **options)
 
 
+def _load_instacart(cache_dir: Path, **options: Any) -> Dataset:
+    from ops.datasets.instacart import load_instacart  # lazy: keeps imports light
+
+    return load_instacart(cache_dir, **options)
+
+
 def _load_synthetic(cache_dir: Path, **options: Any) -> Dataset:
     from ops.datasets.synthetic import generate  # lazy: keeps imports light
 
@@ -78,6 +84,7 @@ def _load_synthetic(cache_dir: Path, **options: Any) -> Dataset:
 
 
 _LOADERS: dict[str, Callable[..., Dataset]] = {
+    "instacart": _load_instacart,
     "movielens-100k": _load_movielens,
     "synthetic": _load_synthetic,
 }
