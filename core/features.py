@@ -20,12 +20,21 @@ class FeatureSpace:
     profile_buckets: int = 256
     seq_len: int = 20
     # the user-side feature whose mean is the user's vector (Algorithm 1): "sequence" (the paper:
-    # tag histogram of the behaviour sequence and target) or "clicks" (tags of the items the user
-    # clicked, a business statistic: where exposure does not follow taste, only clicks show it)
+    # tag histogram of the behaviour sequence and target) or "clicks" (a business statistic: the
+    # tags of what the user clicked, less a third for what was shown and passed over — where
+    # exposure does not follow taste, only outcomes show it)
     user_feature: str = "sequence"
+    # Algorithm 2's classifier input: "sequence" (the paper: behaviour-sequence histogram and
+    # length) or "outcome" (that, plus the sample's own target tags signed by its label: which
+    # items this user clicks or passes over)
+    classifier_input: str = "sequence"
 
 
 USER_FEATURES = ("sequence", "clicks")
+CLASSIFIER_INPUTS = ("sequence", "outcome")
+# "clicks": a pass weighs a third of a click, the odds of a click at a 25 % click rate, so an
+# average user's vector is near zero and cosine compares what each user picks beyond the average
+PASS_WEIGHT = 1 / 3
 
 
 def bucket(value: object, buckets: int, salt: str = "") -> int:
@@ -141,8 +150,9 @@ def user_feature_sparse(sample: Sample, kind: str = "sequence") -> dict[int, flo
     The same additions in the same order (a zero adds nothing to a sum of non-negative
     floats), without building, dividing and adding a dense vector per sample.
     """
-    if kind == "clicks":  # a click spreads one unit over the item's tags; an impression adds nothing
-        return {t: 1.0 / len(sample.tags) for t in sample.tags} if sample.label and sample.tags else {}
+    if kind == "clicks":  # a click spreads +1 over the item's tags, a pass −PASS_WEIGHT
+        weight = 1.0 if sample.label else -PASS_WEIGHT
+        return {t: weight / len(sample.tags) for t in sample.tags}
     hist: dict[int, float] = {}
     for tags in [*sample.seq_tags, sample.tags]:
         if not tags:

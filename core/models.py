@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from core.features import FeatureSpace
+from core.tensors import classifier_width
 
 EMBEDDING_STD = 0.1  # small init: with 3-dim embeddings, N(0, 1) swamps the MLP at the start
 
@@ -114,7 +115,7 @@ class SampleClassifier(nn.Module):
     def __init__(self, space: FeatureSpace, hidden: int = 16, seed: int = 0) -> None:
         super().__init__()
         with torch.random.fork_rng(devices=[]):
-            self.net = _mlp([space.tag_buckets + 1, hidden, 1], nn.ReLU)
+            self.net = _mlp([classifier_width(space), hidden, 1], nn.ReLU)
         init_weights(self, seed)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -134,9 +134,21 @@ def seq_tag_histograms(samples: Sequence[Sample], space: FeatureSpace) -> torch.
     return torch.from_numpy(hist.astype(np.float32))
 
 
+def classifier_width(space: FeatureSpace) -> int:
+    return space.tag_buckets + 1 + (space.tag_buckets if space.classifier_input == "outcome" else 0)
+
+
 def classifier_features(samples: Sequence[Sample], space: FeatureSpace) -> torch.Tensor:
-    """[n, tag_buckets + 1]: behaviour-sequence features only (histogram, then length / seq_len)."""
+    """[n, classifier_width]: behaviour-sequence features (histogram, then length / seq_len); with
+    classifier_input "outcome" also the target's tags, +1 for a click and −1 for a pass, per tag share."""
     n = len(samples)
     lengths = np.fromiter((min(len(s.seq), space.seq_len) for s in samples), dtype=np.float32, count=n)
     length_feature = torch.from_numpy(lengths / space.seq_len).unsqueeze(1)
-    return torch.cat([seq_tag_histograms(samples, space), length_feature], dim=1)
+    parts = [seq_tag_histograms(samples, space), length_feature]
+    if space.classifier_input == "outcome":
+        outcome = np.zeros((n, space.tag_buckets), dtype=np.float32)
+        for row, s in enumerate(samples):
+            if s.tags:
+                outcome[row, list(s.tags)] = (1.0 if s.label else -1.0) / len(s.tags)
+        parts.append(torch.from_numpy(outcome))
+    return torch.cat(parts, dim=1)

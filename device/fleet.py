@@ -525,6 +525,7 @@ class DeviceExport:
     kept_ids: list[str] = field(default_factory=list)  # outside samples the filter kept (id prefixes)
     steps: tuple[int, int] = (0, 0)  # gated updates accepted, taken
     model_change: float = 0.0  # ‖M − M0‖ / ‖M0‖ of the model the device ended with
+    valid: list[tuple[float, float]] = field(default_factory=list)  # gate metric (before, after) per training
 
 
 def model_change(directory: Path) -> float:
@@ -555,7 +556,8 @@ async def read_devices(state_dir: Path) -> list[DeviceExport]:
             kept = await store.get_state(KEPT_KEY, [])
             out.append(DeviceExport(path.parent.name, st.arm, st.device_id, st.user_id, st.trains, st.filters,
                                     st.pulls, await store.evaluations(), list(kept),
-                                    (st.steps_accepted, st.steps_total), model_change(path.parent)))
+                                    (st.steps_accepted, st.steps_total), model_change(path.parent),
+                                    [(b, a) for b, a in st.valid_log]))
         finally:
             await conn.close()
     return out

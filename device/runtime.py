@@ -121,6 +121,9 @@ class DeviceState:
     trained_day: int = -1  # the last quota day Algorithm 3 ran on
     steps_accepted: int = 0  # gated updates kept, over every training
     steps_total: int = 0
+    # (before, after) of the gate's metric per training that took steps: measured on the same local
+    # validation samples that selected the steps, so "after" is in-sample by construction
+    valid_log: list[list[float]] = field(default_factory=list)
 
     @classmethod
     def from_plain(cls, body: Mapping[str, Any] | None) -> DeviceState:
@@ -836,6 +839,8 @@ class Device:
         st.trains += 1
         st.steps_accepted += outcome.accepted_steps
         st.steps_total += outcome.total_steps
+        if outcome.total_steps and outcome.valid_before is not None and outcome.valid_after is not None:
+            st.valid_log.append([outcome.valid_before, outcome.valid_after])
         st.version = outcome.version
         st.bytes_since_train = 0
         st.filter_ms_since_train = st.filter_cpu_ms_since_train = 0.0

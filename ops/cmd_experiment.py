@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=("stream", "offline"), default="stream",
                         help="stream: the real pipeline (default); offline: the batch reference only "
                         "(minutes instead of tens of minutes; for sweeps and tuning)")
+    parser.add_argument("--recipe", default="paper", choices=("paper", "tuned"),
+                        help="device settings: paper (Algorithms 1-3 as published) | tuned (the choices "
+                        "`--tune` made on history-only validation; see docs/experiments.md)")
     parser.add_argument("--keep-state", action="store_true", help="keep each seed's device databases")
     parser.add_argument("--index-url", default="", help="vector index for the runs (default: the settings')")
 
@@ -81,7 +84,7 @@ def params_from(args: argparse.Namespace) -> Any:
                   users=args.users or quick.get("users"), history_share=share,
                   live_days=args.live_days or quick.get("live_days"),
                   top_n=args.top_n or (1 if args.dataset == "synthetic" else 3),
-                  bootstrap=args.replicates, index_url=args.index_url)
+                  bootstrap=args.replicates, index_url=args.index_url, recipe=args.recipe)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -158,7 +161,7 @@ def run_batch(settings: Settings, split: Any, params: Any, say: Any) -> dict[str
         off = run_offline(split, params.settings_for(settings, "offline", seed), seed, params.global_seed, say)
         rows += off.rows
         logs.append(expreport.SeedLogs(seed, off.arms, off.users, off.kept, off.batch_log, off.matches, off.trains,
-                                       off.steps, off.model_change, schedules(settings.train_trigger)))
+                                       off.steps, off.model_change, schedules(settings.train_trigger), off.valid))
     references, notes = _references(settings, split, params, say)
     results = expreport.analyse([*rows, *references], split, params, logs, settings.pseudonym_key)
     results["references"] = notes
@@ -185,7 +188,8 @@ def stream_logs(run: Any, train_trigger: int) -> Any:
                     [(b.device, b.user, list(b.sample_ids), list(b.sample_owners)) for b in run.batches],
                     [(m.user, list(m.neighbours)) for m in run.matches],
                     {d.pseudonym: d.trains for d in run.devices}, {d.pseudonym: d.steps for d in run.devices},
-                    {d.pseudonym: d.model_change for d in run.devices}, schedules(train_trigger))
+                    {d.pseudonym: d.model_change for d in run.devices}, schedules(train_trigger),
+                    {d.pseudonym: d.valid for d in run.devices})
 
 
 def sweep(settings: Settings, split: Any, params: Any, say: Any, ks: tuple[int, ...] = SWEEP_K,

@@ -33,7 +33,7 @@ from core.privacy import device_pseudonym, user_pseudonym
 from core.sample import Sample
 from core.training import TrainConfig, filter_matched, model_for_space, predict, train_gated
 from core.vectors import UserAccumulator
-from device.runtime import device_train_config
+from device.runtime import configure_torch, device_train_config
 from ops.experiment import EvalRow, Split
 from ops.replay import DAY, DayPlan
 from streams.schemas import BehaviourEvent
@@ -205,6 +205,7 @@ class OfflineDevice:
     trains: int = 0
     trained_day: int = -1
     steps: tuple[int, int] = (0, 0)  # gated updates accepted, taken
+    valid: list[tuple[float, float]] = field(default_factory=list)  # gate metric (before, after) per training
     kept_ids: list[str] = field(default_factory=list)
 
 
@@ -381,6 +382,8 @@ class Offline:
             d.model = {k: v.detach().clone() for k, v in self.scratch.state_dict().items()}
         d.trains += 1
         d.steps = (d.steps[0] + res.accepted_steps, d.steps[1] + res.total_steps)
+        if res.total_steps and res.valid_auc_before is not None and res.valid_auc_after is not None:
+            d.valid.append((res.valid_auc_before, res.valid_auc_after))
 
     def model_change(self, d: OfflineDevice) -> float:
         return relative_change(d.model, self.m0.state_dict()) if d.model is not None else 0.0
@@ -397,6 +400,7 @@ class OfflineRun:
     trains: dict[str, int]
     steps: dict[str, tuple[int, int]]  # device pseudonym → gated updates accepted, taken
     model_change: dict[str, float]  # device pseudonym → ‖M − M0‖ / ‖M0‖
+    valid: dict[str, list[tuple[float, float]]]  # device pseudonym → gate metric (before, after) per training
     batch_log: list[tuple[str, str, list[str], list[str]]]  # (device, user pseudonym, sample ids, owners)
     matches: list[tuple[str, list[str]]]
     global_version: str
@@ -416,6 +420,7 @@ def run_offline(split: Split, s: Settings, seed: int, global_seed: int = 0,
                 progress: Callable[[str], None] | None = None) -> OfflineRun:
     """The arms of `s` (arm_mode="buckets", arm_seed=`seed`) on `split`, in batch."""
     s = s.replace(arm_mode="buckets", arm_seed=seed)
+    configure_torch(s.torch_threads)  # as the fleet: small ops on 2 threads cost ~20x the CPU under load
     cloud = history_pool(s, split.history)
     last = split.history[-1].day
     pool = [x for x in cloud.pool.values() if x.ts // DAY <= last]
@@ -436,4 +441,5 @@ def run_offline(split: Split, s: Settings, seed: int, global_seed: int = 0,
     return OfflineRun(seed, rows, {d.pseudonym: d.kept_ids for d in devices}, {d.pseudonym: d.arm for d in devices},
                       {d.pseudonym: d.user_id for d in devices}, {d.pseudonym: d.trains for d in devices},
                       {d.pseudonym: d.steps for d in devices}, {d.pseudonym: run.model_change(d) for d in devices},
+                      {d.pseudonym: d.valid for d in devices},
                       cloud.batch_log, cloud.matches, trained.version, trained.holdout_auc)

@@ -54,6 +54,9 @@ class Settings:
     # the user vector of Algorithm 1: "sequence" (the paper: behaviour-sequence tag histogram) or
     # "clicks" (tags of clicked items: taste even where exposure says nothing about it)
     match_feature: str = field(default="sequence", metadata=_env("match_feature"))
+    # Algorithm 2's classifier input: "sequence" (the paper) or "outcome" (plus the sample's
+    # clicked-or-passed target tags)
+    classifier_input: str = field(default="sequence", metadata=_env("classifier_input"))
     # --- cloud matching (paper section 4.2) -----------------------------------------------
     k_neighbours: int = field(default=100, metadata=_env("k_neighbours"))
     batch_size: int = field(default=25, metadata=_env("batch_size"))
@@ -113,7 +116,7 @@ class Settings:
     @property
     def features(self) -> FeatureSpace:
         return FeatureSpace(self.item_buckets, self.tag_buckets, self.profile_buckets, self.seq_len,
-                            self.match_feature)
+                            self.match_feature, self.classifier_input)
 
     @property
     def embedded(self) -> bool:

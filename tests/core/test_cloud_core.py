@@ -81,15 +81,15 @@ def test_sparse_user_feature_is_bit_identical_to_the_dense_sum() -> None:
 
 
 def test_clicks_feature_is_the_tag_share_of_clicks() -> None:
-    """match_feature "clicks": only clicked items count, each spreading one unit over its tags."""
+    """match_feature "clicks": a click spreads +1 over the item's tags, a pass −1/3; the sequence is ignored."""
     space = FeatureSpace(user_feature="clicks")
     clicked = Sample("a", "u", 1, 1, (3, 7), (9,), ((5,),), (), 1)
     shown = Sample("b", "u", 2, 2, (4,), (9,), ((5,),), (), 0)
     assert user_feature_sparse(clicked, "clicks") == {3: 0.5, 7: 0.5}
-    assert user_feature_sparse(shown, "clicks") == {}
+    assert user_feature_sparse(shown, "clicks") == {4: -1 / 3}
     acc = UserAccumulator()
     acc.add([clicked, shown], space)
-    assert acc.count == 2 and acc.mean[3] == acc.mean[7] == 0.25 and sum(acc.mean) == 0.5
+    assert acc.count == 2 and acc.mean[3] == acc.mean[7] == 0.25 and acc.mean[4] == -1 / 6
     assert acc.mean == mean_vector([user_feature(s, space) for s in (clicked, shown)])
 
 
