@@ -16,7 +16,7 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 QUICK = {"movielens-100k": {"users": 300, "seeds": 2}, "synthetic": {"users": 120, "seeds": 2},
-         "instacart": {"users": 200, "seeds": 2}}
+         "instacart": {"users": 200, "seeds": 2, "live_days": 30}}
 SWEEP_K = (10, 30, 100)
 SWEEP_SIGMA = (0.05, 0.2, 0.5)
 

@@ -55,8 +55,10 @@ def live_samples(split: Split, space: FeatureSpace) -> dict[str, list[Sample]]:
     histories: dict[str, History] = {}
     seen: set[str] = set()
     out: dict[str, list[Sample]] = defaultdict(list)
-    cut_ts = split.cut_day * DAY
+    cut_ts, end_ts = split.cut_day * DAY, (split.live[-1].day + 1) * DAY  # the replayed live days only
     for e in sorted(split.events, key=lambda e: (e["ts"], e["user_id"], e["item_id"], e["action"])):
+        if e["ts"] >= end_ts:
+            break
         user = e["user_id"]
         sample, extended = event_to_sample(user, e, histories.get(user, History()), space)
         if sample.sample_id in seen:
