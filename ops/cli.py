@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("ops.cmd_experiment", "the paper's arms and controls through the real pipeline"),
     "bench": ("ops.cmd_bench", "benchmarks that write JSON beside their ceilings"),
     "chaos": ("ops.cmd_chaos", "soak run: bad input, crashes and restarts"),
+    "validate": ("ops.cmd_validate", "check a behaviour-event file against the input contract (publishes nothing)"),
 }
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ops.cmd_validate import add_input_options
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="cloud worker processes")
     parser.add_argument("--fleets", type=int, default=1, help="device fleet processes")
     parser.add_argument("--namespace", help="namespace (default: demo-<time>)")
+    add_input_options(parser)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from ops.namespace import in_namespace
 
+    args.checked = None
+    if args.events:  # the whole file is checked before the stack starts or anything is published
+        from ops.cmd_validate import checked_events
+
+        args.checked = checked_events(args.events, args.lenient, args.skip_invalid)
     namespace = args.namespace or f"demo-{int(time.time())}"
     # day-end pulls: the cloud has indexed the whole day before any device asks, so the same
     # input gives the same batches however many workers and fleets run
@@ -78,10 +85,10 @@ class Demo:
         return settings.replace(bootstrap=bootstrap_servers(self.root))
 
     def _events(self) -> list[dict[str, Any]]:
-        from ops.datasets import load_dataset, read_events_jsonl
+        from ops.datasets import load_dataset
 
         if self.args.events:
-            return list(read_events_jsonl(self.args.events))
+            return self.args.checked.events  # type: ignore[no-any-return]
         if self.args.dataset == "synthetic":
             return load_dataset("synthetic", n_users=self.args.users, days=self.args.days, seed=self.args.seed).events
         return load_dataset(self.args.dataset).events
@@ -145,6 +152,7 @@ class Demo:
             "reconcile": reconcile(stats),
         }
         return {"namespace": s.topic_prefix, "events": sum(p.events for p in plans), "days": len(plans),
+                "input": self.args.checked.summary() if self.args.checked else None,
                 "global_model": model, "exports": counts, "checks": checks, "stats": stats,
                 "timings_s": {k: round(v, 1) for k, v in timings.items()},
                 "dead_letters": len(run.dead)}
