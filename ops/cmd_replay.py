@@ -108,7 +108,7 @@ async def replay(args: argparse.Namespace, settings: Settings) -> int:
     checkpoint = Checkpoint(settings.state_dir / f"replay-{settings.topic_prefix}-{args.to}.json")
     if args.restart:
         checkpoint.path.unlink(missing_ok=True)
-    progress = Progress(len(events), f"replay → {settings.topic_prefix}", force=True)
+    progress = Progress(len(events), f"replay → {settings.topic_prefix}")
     async with Publisher(settings, topics) as pub:
         async def publish(plan):  # type: ignore[no-untyped-def]
             await (pub.actions(plan) if args.to == "actions" else pub.up(plan))
