@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("ops.cmd_validate", "check a behaviour-event file against the input contract (publishes nothing)"),
 }
 
+NO_KEY = frozenset({"config", "validate", "stack", "clean"})  # commands that never pseudonymize
+
 
 def build_parser(available: dict[str, object]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coda", description="CoDA on a real stream (arXiv 2201.10382)")
@@ -74,8 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["state_dir"] = Path(overrides["state_dir"])
     try:
         settings = Settings.from_env(**overrides)
+        if args.command not in NO_KEY:
+            from ops.keys import resolve_pseudonym_key
+
+            settings = resolve_pseudonym_key(settings)
     except ValueError as exc:
-        parser.error(str(exc))
+        parser.exit(2, f"coda: error: {exc}\n")
     configure_logging(settings, args.verbose)
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
