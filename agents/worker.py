@@ -24,6 +24,7 @@ from streams.kafka import committed_offsets, consumer
 from streams.schemas import SchemaError, UserVector, decode
 from streams.settings import Settings
 from streams.topics import Topics, load_topics
+from streams.logs import logging_config
 
 log = logging.getLogger(__name__)
 
@@ -165,5 +166,7 @@ def run_worker(settings: Settings, worker_id: str) -> None:
     """Blocking: run one worker until SIGINT/SIGTERM (Faust's worker handles signals)."""
     ctx = build_worker(settings, worker_id)
     tune_gc()
-    worker = faust.Worker(ctx.app, loglevel=settings.log_level.upper(), quiet=True)
+    # Faust sets up logging itself: hand it the same JSON configuration as every `coda` process
+    worker = faust.Worker(ctx.app, loglevel=settings.log_level.upper(), quiet=True,
+                          logging_config=logging_config(settings.log_level.upper()))
     worker.execute_from_commandline()

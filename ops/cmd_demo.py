@@ -293,9 +293,12 @@ def count_warnings(log_dir: Path) -> dict[str, int]:
     for path in sorted(log_dir.glob("*.log")) if log_dir.is_dir() else ():
         with open(path, errors="replace") as f:
             for line in f:
-                for level in counts:
-                    if f'"level": "{level}"' in line or f'"level":"{level}"' in line:
-                        counts[level] += 1
+                try:
+                    level = json.loads(line).get("level") if line.startswith("{") else None
+                except ValueError:
+                    continue
+                if level in counts:
+                    counts[level] += 1
     return {"warnings": counts["WARNING"], "errors": counts["ERROR"]}
 
 
