@@ -25,6 +25,7 @@ from streams.schemas import SchemaError, UserVector, decode
 from streams.settings import Settings
 from streams.topics import Topics, load_topics
 from streams.logs import logging_config
+from streams.metrics import Metrics, consumer_lag, metrics_port
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,13 @@ def build_worker(settings: Settings, worker_id: str = "0", topics: Topics | None
     async def index_replica() -> None:
         await follow_user_vectors(ctx, replica_group)
 
+    ctx.metrics = Metrics("worker", worker_id)
+
     @app.timer(1.0)
     async def write_stats() -> None:
-        write_json(home / "stats.json", stats(ctx))
+        current = {**stats(ctx), "lag": await consumer_lag(app.consumer)}
+        write_json(home / "stats.json", current)
+        ctx.metrics.update(current)
 
     return ctx
 
@@ -165,6 +170,10 @@ def tune_gc() -> None:
 def run_worker(settings: Settings, worker_id: str) -> None:
     """Blocking: run one worker until SIGINT/SIGTERM (Faust's worker handles signals)."""
     ctx = build_worker(settings, worker_id)
+    if settings.metrics_host:
+        port = ctx.metrics.start(settings.metrics_host, metrics_port(settings.worker_metrics_port, worker_id),
+                                 settings.state_dir)
+        log.info("worker %s: metrics on http://%s:%s/metrics", worker_id, settings.metrics_host, port)
     tune_gc()
     # Faust sets up logging itself: hand it the same JSON configuration as every `coda` process
     worker = faust.Worker(ctx.app, loglevel=settings.log_level.upper(), quiet=True,

@@ -71,6 +71,11 @@ class Settings(BaseModel):
     # the development key above is refused against an external cluster unless this is true
     allow_dev_key: bool = field(default=False, metadata=_env("allow_dev_key"))
     log_level: LogLevel = field(default="WARNING", metadata=_env("log_level"))
+    # Prometheus /metrics of each worker and fleet process (empty host: none); port 0 picks a free
+    # one, N gives process i the port N + i; the bound URL is in <state dir>/metrics/<role>-<id>.json
+    metrics_host: str = field(default="127.0.0.1", metadata=_env("metrics_host"))
+    worker_metrics_port: Port = field(default=0, metadata=_env("worker_metrics_port"))
+    fleet_metrics_port: Port = field(default=0, metadata=_env("fleet_metrics_port"))
     # --- wire limits ----------------------------------------------------------------------
     max_envelope_bytes: Count = field(default=1_000_000, metadata=_env("max_envelope_bytes"))
     max_events_per_envelope: Count = field(default=5_000, metadata=_env("max_events_per_envelope"))
