@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 NO_KEY = frozenset({"config", "validate", "stack", "clean"})  # commands that never pseudonymize
+REPRODUCIBLE = frozenset({"experiment", "bench"})  # public datasets: the same pseudonyms (arm split) everywhere
 
 
 class Parser(argparse.ArgumentParser):
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command not in NO_KEY:
             from ops.keys import resolve_pseudonym_key
 
-            settings = resolve_pseudonym_key(settings)
+            settings = resolve_pseudonym_key(settings, reproducible=args.command in REPRODUCIBLE)
     except ValueError as exc:
         parser.exit(2, f"coda: error: {exc}\n")
     configure_logging(settings, args.verbose)

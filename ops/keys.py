@@ -30,15 +30,18 @@ def is_local(bootstrap: str) -> bool:
     return True
 
 
-def resolve_pseudonym_key(settings: Settings) -> Settings:
+def resolve_pseudonym_key(settings: Settings, reproducible: bool = False) -> Settings:
     """Settings with a key fit for where they point.
 
     An explicit CODA_PSEUDONYM_KEY is kept. The public development key is refused against an
     external cluster (anyone who knows it can re-identify users by dictionary) unless
     CODA_ALLOW_DEV_KEY=true; with the embedded stack it is swapped for the state directory's
-    own random key.
+    own random key, except for `reproducible` runs (experiments and benchmarks on public
+    datasets), whose arm split hashes pseudonyms and must come out the same on every machine.
     """
     if settings.pseudonym_key != DEV_PSEUDONYM_KEY:
+        return settings
+    if settings.embedded and reproducible:
         return settings
     if settings.embedded:
         return settings.replace(pseudonym_key=local_key(settings.state_dir))

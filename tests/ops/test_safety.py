@@ -40,6 +40,8 @@ def test_local_stack_gets_a_random_private_key_per_state_dir(tmp_path: Path) -> 
     assert a.pseudonym_key == again.pseudonym_key != b.pseudonym_key
     assert a.pseudonym_key != DEV_PSEUDONYM_KEY and len(a.pseudonym_key) == 64
     assert (tmp_path / "a" / KEY_FILE).stat().st_mode & 0o777 == 0o600
+    reproducible = resolve_pseudonym_key(Settings(state_dir=tmp_path / "c"), reproducible=True)
+    assert reproducible.pseudonym_key == DEV_PSEUDONYM_KEY  # experiments: the same arm split everywhere
 
 
 def test_a_stale_pid_is_never_signalled(tmp_path: Path) -> None:
