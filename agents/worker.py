@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # replica caught up for a moment between them; flushing at each such moment stalled every
 # agent of the worker about once per burst. Two quiet polls (~0.4 s) mean a real pause.
 FLUSH_AFTER_QUIET_POLLS = 2
+LAG_INTERVAL_S = 5.0
 
 
 def worker_dir(settings: Settings, worker_id: str) -> Path:
@@ -64,10 +65,18 @@ def build_worker(settings: Settings, worker_id: str = "0", topics: Topics | None
         await follow_user_vectors(ctx, replica_group)
 
     ctx.metrics = Metrics("worker", worker_id)
+    lag: dict[str, int | None] = {"lag": None}
+
+    @app.task
+    async def measure_lag() -> None:
+        """Every few seconds, off the stats timer: positions go through Faust's consumer thread."""
+        while True:
+            await asyncio.sleep(LAG_INTERVAL_S)
+            lag["lag"] = await consumer_lag(app.consumer)
 
     @app.timer(1.0)
     async def write_stats() -> None:
-        current = {**stats(ctx), "lag": await consumer_lag(app.consumer)}
+        current = {**stats(ctx), **lag}
         write_json(home / "stats.json", current)
         ctx.metrics.update(current)
 

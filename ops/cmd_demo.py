@@ -274,7 +274,9 @@ def span(plans: Any) -> str:
 def model_line(model: dict[str, Any]) -> str:
     n = model["holdout_samples"]
     flag = f" — too few to mean much (< {MIN_HOLDOUT})" if n < MIN_HOLDOUT else ""
-    return f"global model {model['version']}: holdout AUC {model['holdout_auc']:.3f} on {n:,} samples{flag}"
+    auc = model.get("holdout_auc")
+    shown = f"{auc:.3f}" if isinstance(auc, int | float) else "n/a"
+    return f"global model {model['version']}: holdout AUC {shown} on {n:,} samples{flag}"
 
 
 def totals(stats: dict[str, Any], prefix: str) -> dict[str, int]:
