@@ -34,8 +34,13 @@ def _env(name: str) -> dict[str, str]:
     return {"env": ENV_PREFIX + name.upper()}
 
 
-def field(default: Any, metadata: dict[str, str]) -> Any:
-    """A setting: its default and the environment variable that overrides it."""
+def field(default: Any = None, metadata: dict[str, str] | None = None, default_factory: Any = None) -> Any:
+    """A setting: its default (or default factory) and the environment variable that overrides it.
+
+    Same call shape as `dataclasses.field`, so a setting is declared the way it always was.
+    """
+    if default_factory is not None:
+        return Field(default_factory=default_factory, json_schema_extra=metadata)  # type: ignore[arg-type]
     return Field(default=default, json_schema_extra=metadata)  # type: ignore[arg-type]
 
 
