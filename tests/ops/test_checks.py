@@ -71,3 +71,25 @@ async def test_no_samples_error_names_the_dead_letters_behind_it(settings: Setti
         await train_and_publish(settings, None, epochs=1, seed=0)
     assert "3 message(s) were dead-lettered: wrong_type: events[0].profile['age']: expected str, got int (12)" \
         in str(caught.value)
+
+
+def test_a_demo_without_samples_says_which_events_were_rejected_and_why(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """'all N history events were rejected: <field>: expected …, got … (N)', with the dead letters exported."""
+    import argparse
+    import asyncio
+    import json
+
+    from ops.cmd_cloud import NoSamples
+    from ops.cmd_demo import Demo
+
+    envelope = encode(UpEnvelope("d", [BehaviourEvent("u", 1, "i", [], "click")] * 6))
+    detail = "events[0].profile['age']: expected str, got int"
+    letters = [DeadLetter(envelope, "wrong_type", detail, "coda.up", 0, i, "cloud") for i in range(2)]
+    args = argparse.Namespace(out=tmp_path / "out", checked=None)
+    demo = Demo(args, Settings(state_dir=tmp_path / "state"), Settings())
+    error = asyncio.run(demo._fail(None, NoSamples("no samples", letters), history_events=12))
+    assert str(error).startswith(f"all 12 history events were rejected: wrong_type: {detail} (12)")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert not summary["ok"] and summary["dead_letters"]["by_reason"]["wrong_type"]["events"] == 12
+    rows = (tmp_path / "out" / "dead_letters.jsonl").read_text().splitlines()
+    assert [json.loads(r)["offset"] for r in rows] == [0, 1]
