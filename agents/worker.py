@@ -21,11 +21,11 @@ from streams.app import create_app
 from aiokafka import TopicPartition
 
 from streams.kafka import committed_offsets, consumer
+from streams.logs import logging_config
+from streams.metrics import Metrics, consumer_lag, metrics_port
 from streams.schemas import SchemaError, UserVector, decode
 from streams.settings import Settings
 from streams.topics import Topics, load_topics
-from streams.logs import logging_config
-from streams.metrics import Metrics, consumer_lag, metrics_port
 
 log = logging.getLogger(__name__)
 

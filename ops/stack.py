@@ -133,13 +133,15 @@ def start_broker(settings: Settings, advertised_port: int = 0, probe: Settings |
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # survives the CLI; `down` stops it by pid
         )
-    state = identified(StackState(f"127.0.0.1:{public}", [proc.pid], time.time(), str(log_path)))
+    state = StackState(f"127.0.0.1:{public}", [proc.pid], time.time(), str(log_path))
     try:
         asyncio.run(wait_for_metadata((probe or settings).replace(bootstrap=state.bootstrap)))
     except BrokerUnavailable:
         proc.kill()
         raise
-    return state
+    # identified only now: right after Popen returns, the kernel may not have set up the new
+    # program's arguments yet (/proc/<pid>/cmdline reads empty under load)
+    return identified(state)
 
 
 def start_tls_broker(settings: Settings) -> StackState:
