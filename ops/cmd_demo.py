@@ -56,9 +56,8 @@ def human_summary(summary: dict[str, Any], out: Path) -> list[str]:
     from ops import deadletters
 
     inp, model, dev, d = summary["input"], summary["global_model"], summary["devices"], summary["dates"]
-    lines = [f"coda demo: {summary['namespace']}, {d['first']} – {d['last']} ({summary['days']} days: "
-             f"cloud pool {d['history']}, devices {d['live']}), "
-             f"{summary['elapsed_s']:.0f} s"]
+    lines = [(f"coda demo: {summary['namespace']}, {d['first']} – {d['last']} ({summary['days']} days: "
+              f"cloud pool {d['history']}, devices {d['live']}), {summary['elapsed_s']:.0f} s")]
     rejected = f", {inp['rejected']:,} lines rejected ({inp['file']})" if inp and inp["rejected"] else ""
     lines.append(f"  events in       {summary['events']:,}{rejected}")
     lines.append(f"  users           {summary['users']:,}   samples {summary['samples']:,}   "

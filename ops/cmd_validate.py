@@ -41,8 +41,8 @@ def checked_events(path: Path, lenient: bool, skip_invalid: bool) -> Validation:
 
     result = validate_file(path, lenient)
     if not result.ok and not skip_invalid:
-        raise ValueError("\n".join([*result.report(), "nothing was published; fix the lines above, "
-                                    "or pass --skip-invalid to publish only the valid ones"]))
+        advice = "nothing was published; fix the lines above, or pass --skip-invalid to publish only the valid ones"
+        raise ValueError("\n".join([*result.report(), advice]))
     if not result.ok or result.dropped:
         print("\n".join(result.report(3)), file=sys.stderr)
     if not result.events:

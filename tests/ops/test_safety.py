@@ -83,6 +83,6 @@ def test_status_of_a_dead_stack_is_one_clear_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stdout.strip().splitlines() == [
-        f"the local stack recorded in {stack_file(settings)} is not running (pid {2**22 + 7} gone or replaced); "
-        "`coda stack up` starts a new one"]
+        (f"the local stack recorded in {stack_file(settings)} is not running (pid {2**22 + 7} gone or replaced); "
+         "`coda stack up` starts a new one")]
     assert done.stderr == ""
