@@ -97,6 +97,7 @@ class CloudContext:
     index_home: Any = None  # the worker's directory for local index files
     counters: dict[str, StageCounters] = field(default_factory=dict)
     letters: DeadLetters | None = None
+    metrics: Any = None  # streams.metrics.Metrics: the worker's /metrics endpoint
     faust_topics: dict[str, faust.TopicT] = field(default_factory=dict)
     # the index is not thread-safe: every call goes through this one thread
     index_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "index"))

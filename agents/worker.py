@@ -21,6 +21,8 @@ from streams.app import create_app
 from aiokafka import TopicPartition
 
 from streams.kafka import committed_offsets, consumer
+from streams.logs import logging_config
+from streams.metrics import Metrics, consumer_lag, metrics_port
 from streams.schemas import SchemaError, UserVector, decode
 from streams.settings import Settings
 from streams.topics import Topics, load_topics
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 # replica caught up for a moment between them; flushing at each such moment stalled every
 # agent of the worker about once per burst. Two quiet polls (~0.4 s) mean a real pause.
 FLUSH_AFTER_QUIET_POLLS = 2
+LAG_INTERVAL_S = 5.0
 
 
 def worker_dir(settings: Settings, worker_id: str) -> Path:
@@ -61,9 +64,21 @@ def build_worker(settings: Settings, worker_id: str = "0", topics: Topics | None
     async def index_replica() -> None:
         await follow_user_vectors(ctx, replica_group)
 
+    ctx.metrics = Metrics("worker", worker_id)
+    lag: dict[str, int | None] = {"lag": None}
+
+    @app.task
+    async def measure_lag() -> None:
+        """Every few seconds, off the stats timer: positions go through Faust's consumer thread."""
+        while True:
+            await asyncio.sleep(LAG_INTERVAL_S)
+            lag["lag"] = await consumer_lag(app.consumer)
+
     @app.timer(1.0)
     async def write_stats() -> None:
-        write_json(home / "stats.json", stats(ctx))
+        current = {**stats(ctx), **lag}
+        write_json(home / "stats.json", current)
+        ctx.metrics.update(current)
 
     return ctx
 
@@ -164,6 +179,12 @@ def tune_gc() -> None:
 def run_worker(settings: Settings, worker_id: str) -> None:
     """Blocking: run one worker until SIGINT/SIGTERM (Faust's worker handles signals)."""
     ctx = build_worker(settings, worker_id)
+    if settings.metrics_host:
+        port = ctx.metrics.start(settings.metrics_host, metrics_port(settings.worker_metrics_port, worker_id),
+                                 settings.state_dir)
+        log.info("worker %s: metrics on http://%s:%s/metrics", worker_id, settings.metrics_host, port)
     tune_gc()
-    worker = faust.Worker(ctx.app, loglevel=settings.log_level.upper(), quiet=True)
+    # Faust sets up logging itself: hand it the same JSON configuration as every `coda` process
+    worker = faust.Worker(ctx.app, loglevel=settings.log_level.upper(), quiet=True,
+                          logging_config=logging_config(settings.log_level.upper()))
     worker.execute_from_commandline()

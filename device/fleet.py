@@ -49,6 +49,7 @@ from device.runtime import (
 from device.storage import DB_FILE, DeviceStore, Limits, open_database
 from streams import kafka
 from streams.deadletter import DeadLetters
+from streams.metrics import Metrics, consumer_lag
 from streams.schemas import (
     DayEnd,
     DeviceActions,
@@ -162,6 +163,8 @@ class Fleet:
         self.devices: dict[str, Device] = {}
         self._by_partition: dict[int, set[str]] = defaultdict(set)
         self._consumer: AIOKafkaConsumer | None = None
+        self.lag: int | None = None  # records behind the fetched high watermarks (the stats writer updates it)
+        self.metrics: Metrics | None = None  # the process's /metrics endpoint (`coda fleet` starts it)
         self._producer: AIOKafkaProducer | None = None
         self._letters: DeadLetters | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -484,6 +487,7 @@ class Fleet:
             "partitions": sorted({tp.partition for tp in self._assigned}),
             "counts": dict(c),
             "idle": self.idle(),
+            "lag": self.lag,
         }
         if self._letters is not None:
             out["dead_letter_reasons"] = dict(self._letters.counts)
@@ -497,13 +501,18 @@ class Fleet:
     def write_stats(self) -> Path:
         path = self.settings.state_dir / "fleets" / f"{self.fleet_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(self.stats(), indent=1, default=str).encode())
+        current = self.stats()
+        atomic_write(path, json.dumps(current, indent=1, default=str).encode())
+        if self.metrics is not None:
+            self.metrics.update(current)
         return path
 
     async def _write_stats_periodically(self) -> None:
         while self._running:
             await asyncio.sleep(STATS_INTERVAL_S)
             try:
+                if self._consumer is not None:
+                    self.lag = await consumer_lag(self._consumer)
                 self.write_stats()
             except OSError as exc:
                 log.warning("fleet %s: cannot write stats: %s", self.fleet_id, exc)

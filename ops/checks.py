@@ -47,8 +47,9 @@ def exact_neighbours(run: RunRecords, space: FeatureSpace, asof_day: int, window
     return {"users": users, "unit": unit, "last_ts": last_ts}  # type: ignore[return-value]
 
 
-def knn_recall(run: RunRecords, space: FeatureSpace, window_days: int, k: int) -> dict[str, Any]:
-    """Recall@K of each published match against exact brute force on the same data."""
+def knn_recall(run: RunRecords, space: FeatureSpace, window_days: int, k: int,
+               min_recall: float = 0.9) -> dict[str, Any]:
+    """Recall@K of each published match against exact brute force; none, or a low mean, fails."""
     cache: dict[int, dict[str, Any]] = {}
     recalls = []
     for m in run.matches:
@@ -68,13 +69,32 @@ def knn_recall(run: RunRecords, space: FeatureSpace, window_days: int, k: int) -
             tied = {users[i] for i in np.flatnonzero(np.isclose(scores, kth, atol=1e-9))}
             hits = sum(1 for n in m.neighbours if n in truth or n in tied)
             recalls.append(min(1.0, hits / len(truth)))
-    mean = float(np.mean(recalls)) if recalls else 1.0
+    mean = float(np.mean(recalls)) if recalls else 0.0
+    problem = ("no matches were published" if not run.matches else
+               "no match could be checked (its user has no samples)" if not recalls else
+               f"mean recall {mean:.3f} below {min_recall}" if mean < min_recall else "")
     return {"matches": len(run.matches), "checked": len(recalls), "mean_recall": mean,
-            "min_recall": float(np.min(recalls)) if recalls else 1.0}
+            "min_recall": float(np.min(recalls)) if recalls else 0.0, "threshold": min_recall,
+            "ok": not problem, **({"problem": problem} if problem else {})}
 
 
-def batch_rules(run: RunRecords, batch_size: int, batch_max: int, per_day: int) -> dict[str, Any]:
-    """25–40 per batch except a request's final one; no repeats; ≤ quota; only neighbours' samples."""
+def vector_norms(run: RunRecords, max_zero_share: float = 0.5) -> dict[str, Any]:
+    """Users whose vector is all zeros (no item tags reached the feature): most of them is a failure."""
+    zero = sorted(u for u, v in run.vectors.items() if not any(v.vector))
+    share = len(zero) / len(run.vectors) if run.vectors else 1.0
+    problem = ("no user vectors were published" if not run.vectors else
+               f"{len(zero)} of {len(run.vectors)} users have a zero vector (do the events carry item_tags?)"
+               if share > max_zero_share else "")
+    return {"users": len(run.vectors), "zero_norm": len(zero), "zero_share": round(share, 4),
+            "threshold": max_zero_share, "examples": zero[:5], "ok": not problem,
+            **({"problem": problem} if problem else {})}
+
+
+def batch_rules(run: RunRecords, batch_size: int, batch_max: int, per_day: int, pulls: int = 0) -> dict[str, Any]:
+    """25–40 per batch except a request's final one; no repeats; ≤ quota; only neighbours' samples.
+
+    `pulls`: pull requests devices sent; pulls answered by no batch at all are a failure.
+    """
     problems: Counter[str] = Counter()
     per_request: dict[str, list[int]] = defaultdict(list)
     seen_by_device: dict[str, set[str]] = defaultdict(set)
@@ -98,7 +118,8 @@ def batch_rules(run: RunRecords, batch_size: int, batch_max: int, per_day: int) 
         if any(s > batch_max for s in sizes) or any(s < batch_size for s in sizes[:-1]):
             problems["batch_size"] += 1
     problems["over_quota"] = sum(1 for n in per_device_day.values() if n > per_day)
+    problems["no_batches_though_devices_pulled"] = pulls if pulls and not run.batches else 0
     sizes = [len(b.sample_ids) for b in run.batches]
-    return {"batches": len(run.batches), "devices": len(seen_by_device),
+    return {"batches": len(run.batches), "devices": len(seen_by_device), "pulls": pulls,
             "size_min": min(sizes, default=0), "size_max": max(sizes, default=0),
             "problems": {k: v for k, v in problems.items() if v}, "ok": not any(problems.values())}

@@ -18,6 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     job.add_argument("--seed", type=int, default=0)
 
 
+class NoSamples(RuntimeError):
+    """The samples topic holds nothing to train on; `letters` are the dead letters that explain why."""
+
+    def __init__(self, message: str, letters: list[object]) -> None:
+        super().__init__(message)
+        self.letters = letters
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     published = asyncio.run(train_and_publish(settings, args.until_day, args.epochs, args.seed))
     print(json.dumps(published, indent=1))
@@ -40,7 +48,7 @@ async def train_and_publish(settings: Settings, until_day: int | None, epochs: i
                 if until_day is None or s.ts // 86_400 <= until_day:
                     pool.setdefault(s.sample_id, s)
     if not pool:
-        raise RuntimeError(f"no samples on {topics.name('samples')} to train the global model on")
+        raise await _no_samples(settings, topics.name("samples"), topics.name("dead-letters"))
     cfg = TrainConfig(lr=settings.learning_rate, batch_size=256, epochs=epochs, seed=seed)
     trained = await asyncio.to_thread(train_global, list(pool.values()), settings.features, cfg)
     space = settings.features
@@ -55,6 +63,19 @@ async def train_and_publish(settings: Settings, until_day: int | None, epochs: i
     finally:
         await out.stop()
     return {"version": trained.version, "topic": topics.name("models"), **metrics}
+
+
+async def _no_samples(settings: Settings, samples: str, dead_topic: str) -> NoSamples:
+    """The error names its cause: what the dead-letter topic says, or that nothing was rejected."""
+    from ops.deadletters import cause
+    from ops.topicio import read_records
+    from streams.schemas import DeadLetter
+
+    letters = [r for r in await read_records(settings, dead_topic) if isinstance(r, DeadLetter)]
+    why = (f"{sum(1 for _ in letters):,} message(s) were dead-lettered: {cause(letters)}" if letters else
+           "nothing was dead-lettered either: does the input hold `impression` or `click` events "
+           "(only those become samples)?")
+    return NoSamples(f"no samples on {samples} to train the global model on; {why}", letters)
 
 
 def vars_of(space: object) -> dict[str, object]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
-
 from streams.settings import Settings
 
 
@@ -19,7 +17,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"| `{env}` | `{default}` | {name} |")
         return 0
     secret = {"sasl_password", "pseudonym_key"}
-    for f in fields(settings):
-        value = "***" if f.name in secret else getattr(settings, f.name)
-        print(f"{f.metadata['env']:32} {value}")
+    for name, env in settings.env_names().items():
+        value = "***" if name in secret else getattr(settings, name)
+        print(f"{env:32} {value}")
     return 0

@@ -45,6 +45,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _main(settings: Settings, fleet_id: str, quiet: bool) -> int:
     fleet = Fleet(settings, fleet_id)
+    if settings.metrics_host:
+        from streams.metrics import Metrics, metrics_port
+
+        fleet.metrics = Metrics("fleet", fleet_id)
+        port = fleet.metrics.start(settings.metrics_host, metrics_port(settings.fleet_metrics_port, fleet_id),
+                                   settings.state_dir)
+        print(f"fleet {fleet_id}: metrics on http://{settings.metrics_host}:{port}/metrics", file=sys.stderr)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ops.cmd_validate import add_input_options
 from streams.settings import Settings
 
 
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fleets", action="store_true", help="device fleets are running (for --barrier)")
     parser.add_argument("--restart", action="store_true", help="ignore the checkpoint and replay from the start")
     parser.add_argument("--seed", type=int, default=0, help="synthetic dataset seed")
+    add_input_options(parser)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -38,8 +40,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.namespace:
         settings = in_namespace(settings, args.namespace)
+    args.checked = None
+    if args.events:  # the whole file is checked before anything is published
+        from ops.cmd_validate import checked_events
+
+        args.checked = checked_events(args.events, args.lenient, args.skip_invalid)
     published = asyncio.run(replay(args, settings))
-    print(f"replayed {published} events into {settings.topic_prefix}.{args.to}")
+    skipped = f"; {len(args.checked.rejected)} invalid lines skipped" if args.checked else ""
+    print(f"replayed {published} events into {settings.topic_prefix}.{args.to}{skipped}")
     return 0
 
 
@@ -52,13 +60,16 @@ def _time(value: str | None) -> int | None:
 
 
 async def _events(args: argparse.Namespace, settings: Settings) -> Iterable[Mapping[str, Any]]:
-    from ops.datasets import load_dataset, read_events_jsonl
+    from ops.datasets import load_dataset
 
     if args.dataset:
         options = {"seed": args.seed} if args.dataset == "synthetic" else {}
         return load_dataset(args.dataset, **options).events
     if args.events:
-        return list(read_events_jsonl(args.events))
+        from ops.cmd_validate import checked_events
+
+        checked = getattr(args, "checked", None) or checked_events(args.events, args.lenient, args.skip_invalid)
+        return checked.events
     return await topic_events(settings, args.from_topic, args.start_offset, args.end_offset)
 
 
@@ -97,7 +108,7 @@ async def replay(args: argparse.Namespace, settings: Settings) -> int:
     checkpoint = Checkpoint(settings.state_dir / f"replay-{settings.topic_prefix}-{args.to}.json")
     if args.restart:
         checkpoint.path.unlink(missing_ok=True)
-    progress = Progress(len(events), f"replay → {settings.topic_prefix}", force=True)
+    progress = Progress(len(events), f"replay → {settings.topic_prefix}")
     async with Publisher(settings, topics) as pub:
         async def publish(plan):  # type: ignore[no-untyped-def]
             await (pub.actions(plan) if args.to == "actions" else pub.up(plan))

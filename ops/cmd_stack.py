@@ -26,6 +26,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         state, created = stack.up(settings, topics, tls=args.tls)
         where = state.bootstrap if state else settings.bootstrap
         origin = f"embedded tansu pid {state.pids}" if state else "external cluster (nothing started)"
+        if settings.embedded:
+            from ops.keys import KEY_FILE, local_key
+
+            local_key(settings.state_dir)  # this state directory's own pseudonym key (mode 0600)
+            origin += f"; pseudonym key in {settings.state_dir / KEY_FILE}"
         print(f"broker {where} ({origin}); created {len(created)} topic(s), {len(list(topics))} declared")
         if state is not None and state.tls_dir:
             from ops import tls
@@ -38,6 +43,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print("--tls ignored: an external bootstrap is configured")
         return 0
     if args.action == "status":
+        problem = stack.broker_problem(settings)
+        if problem is not None:
+            print(problem)
+            return 1
         print("\n".join(stack.status_lines(settings, topics)))
         return 0
     if not settings.embedded:

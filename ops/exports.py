@@ -44,7 +44,7 @@ async def collect(settings: Settings, topics: Topics) -> RunRecords:
     return run
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     n = 0
     with open(path, "w") as f:
         for row in rows:
@@ -57,17 +57,17 @@ def write_exports(run: RunRecords, out: Path, space: FeatureSpace) -> dict[str, 
     """DIR/vectors.jsonl, samples.jsonl, matches.jsonl, batches.jsonl; returns row counts."""
     out.mkdir(parents=True, exist_ok=True)
     return {
-        "vectors": _write_jsonl(out / "vectors.jsonl", (
+        "vectors": write_jsonl(out / "vectors.jsonl", (
             {"user": v.user, "vector": [round(x, 8) for x in v.vector], "count": v.count}
             for v in sorted(run.vectors.values(), key=lambda v: v.user))),
-        "samples": _write_jsonl(out / "samples.jsonl", (
+        "samples": write_jsonl(out / "samples.jsonl", (
             {"sample_id": s.sample_id, "user": s.user, "ts": s.ts,
              "feature": [round(x, 8) for x in user_feature(s, space)]}
             for s in sorted(run.samples.values(), key=lambda s: (s.user, s.ts, s.sample_id)))),
-        "matches": _write_jsonl(out / "matches.jsonl", (
+        "matches": write_jsonl(out / "matches.jsonl", (
             {"user": m.user, "day": m.day, "neighbours": m.neighbours, "scores": m.scores, "asof_day": m.asof_day}
             for m in run.matches)),
-        "batches": _write_jsonl(out / "batches.jsonl", (
+        "batches": write_jsonl(out / "batches.jsonl", (
             {"device": b.device, "user": b.user, "day": b.day, "batch_id": b.batch_id,
              "sample_ids": b.sample_ids, "sample_owners": b.sample_owners, "bytes": b.bytes}
             for b in run.batches)),

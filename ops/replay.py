@@ -14,7 +14,8 @@ from pathlib import Path
 
 from core.privacy import device_pseudonym
 from streams.kafka import producer
-from streams.schemas import BehaviourEvent, DayEnd, DeviceActions, DevicePast, Record, UpEnvelope, encode
+from streams.schemas import (BehaviourEvent, DayEnd, DeviceActions, DevicePast, Record, UpEnvelope, encode,
+                             profile_value)
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -23,9 +24,16 @@ DAY = 86_400
 
 
 def to_event(raw: Mapping[str, object]) -> BehaviourEvent:
+    """A checked event dict (ops/contract.py, or a built-in dataset's) → the wire record.
+
+    Profile values become strings here, so the wire carries what ingest hashes.
+    """
+    profile = raw.get("profile")
+    if profile:
+        profile = {str(k): profile_value(v) for k, v in profile.items()}  # type: ignore[attr-defined]
     return BehaviourEvent(str(raw["user_id"]), int(raw["ts"]), str(raw["item_id"]),  # type: ignore[call-overload]
                           [str(t) for t in raw.get("item_tags") or ()], str(raw["action"]),  # type: ignore[union-attr]
-                          raw.get("profile"), raw.get("label"))  # type: ignore[arg-type]
+                          profile, raw.get("label"))  # type: ignore[arg-type]
 
 
 def device_of(raw: Mapping[str, object]) -> str:

@@ -36,6 +36,18 @@ class StackState:
     started_at: float
     log_file: str
     tls_dir: str = ""  # `up --tls`: the CA and client certificates every client needs
+    # per pid: [create time, command line] as psutil saw them at start; a pid is signalled only
+    # while both still match (after a reboot or a crash the pid may be anyone's process)
+    identities: dict[str, list[object]] = dataclasses.field(default_factory=dict)
+
+    def ours(self, pid: int) -> bool:
+        """Whether `pid` is still the process this stack started (alive, same start time and command)."""
+        recorded, now = self.identities.get(str(pid)), identity(pid) if alive(pid) else None
+        return (recorded is not None and now is not None and now[1] == recorded[1]
+                and abs(float(now[0]) - float(recorded[0])) < 1.0)  # type: ignore[arg-type]
+
+    def stale(self) -> list[int]:
+        return [pid for pid in self.pids if not self.ours(pid)]
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +66,23 @@ class StackState:
     def running(cls, path: Path) -> StackState | None:
         """The recorded stack if its processes still run (a killed command can leave the file behind)."""
         state = cls.load(path)
-        return state if state is not None and all(alive(pid) for pid in state.pids) else None
+        return state if state is not None and not state.stale() else None
+
+
+def identity(pid: int) -> list[object] | None:
+    """[create time, command line] of a live process, or None."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return [round(proc.create_time(), 2), proc.cmdline()]
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def identified(state: StackState) -> StackState:
+    """The state with each of its pids' identity recorded (right after they were started)."""
+    return dataclasses.replace(state, identities={str(p): identity(p) for p in state.pids})  # type: ignore[misc]
 
 
 def free_port() -> int:
@@ -111,7 +139,9 @@ def start_broker(settings: Settings, advertised_port: int = 0, probe: Settings |
     except BrokerUnavailable:
         proc.kill()
         raise
-    return state
+    # identified only now: right after Popen returns, the kernel may not have set up the new
+    # program's arguments yet (/proc/<pid>/cmdline reads empty under load)
+    return identified(state)
 
 
 def start_tls_broker(settings: Settings) -> StackState:
@@ -131,7 +161,7 @@ def start_tls_broker(settings: Settings) -> StackState:
     except BaseException:
         proxy.kill()
         raise
-    return dataclasses.replace(state, pids=[*state.pids, proxy.pid], tls_dir=str(files.directory))
+    return identified(dataclasses.replace(state, pids=[*state.pids, proxy.pid], tls_dir=str(files.directory)))
 
 
 def with_stack_tls(settings: Settings) -> Settings:
@@ -148,8 +178,8 @@ def up(settings: Settings, topics: Topics, tls: bool = False) -> tuple[StackStat
     """Start the embedded broker (behind TLS if asked) unless one is configured or already up; create topics."""
     state = None
     if settings.embedded:
-        state = StackState.load(stack_file(settings))
-        if state is None or not all(alive(pid) for pid in state.pids):
+        state = StackState.running(stack_file(settings))
+        if state is None:
             state = start_tls_broker(settings) if tls else start_broker(settings)
             state.save(stack_file(settings))
             log.info("started tansu at %s (pid %s)", state.bootstrap, state.pids)
@@ -160,24 +190,47 @@ def up(settings: Settings, topics: Topics, tls: bool = False) -> tuple[StackStat
 
 
 def down(settings: Settings, timeout_s: float = 10.0) -> list[int]:
-    """Stop only what `up` started (the pids in the state file)."""
+    """Stop only what `up` started: the recorded pids whose start time and command still match."""
     path = stack_file(settings)
     state = StackState.load(path)
     if state is None:
         return []
     stopped = []
     for pid in state.pids:
-        if alive(pid):
+        if state.ours(pid):
             os.kill(pid, signal.SIGTERM)
             stopped.append(pid)
+        elif alive(pid):
+            log.warning("pid %s in %s is no longer the process `up` started (%s now): not signalled",
+                        pid, path, identity(pid))
     deadline = time.monotonic() + timeout_s
     while any(alive(p) for p in stopped) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in stopped:
-        if alive(pid):
+        if state.ours(pid):
             os.kill(pid, signal.SIGKILL)
     path.unlink(missing_ok=True)
     return stopped
+
+
+def broker_problem(settings: Settings, timeout_s: float = 5.0) -> str | None:
+    """One line saying why no broker answers, or None when one does."""
+    from streams.kafka import bootstrap_servers
+
+    if settings.embedded:
+        path = stack_file(settings)
+        state = StackState.load(path)
+        if state is None:
+            return f"no local stack: {path} does not exist (`coda stack up` starts one)"
+        if state.stale():
+            return (f"the local stack recorded in {path} is not running (pid {', '.join(map(str, state.stale()))} "
+                    "gone or replaced); `coda stack up` starts a new one")
+    where = bootstrap_servers(settings)
+    try:
+        asyncio.run(wait_for_metadata(with_stack_tls(settings).replace(bootstrap=where), timeout_s))
+    except (BrokerUnavailable, OSError):
+        return f"no broker answers at {where} (waited {timeout_s:.0f} s)"
+    return None
 
 
 def status_lines(settings: Settings, topics: Topics) -> list[str]:

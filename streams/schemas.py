@@ -38,6 +38,27 @@ def _range(lo: float | None = None, hi: float | None = None, max_len: int | None
     return {"lo": lo, "hi": hi, "max_len": max_len}
 
 
+PROFILE_TYPES = (str, int, float, bool)  # what a profile value may be; `profile_value` makes it a str
+
+
+def profile_value(value: Any, where: str = "profile") -> str:
+    """A profile value as the string that is hashed: `31`, `31.0` → "31"; `True` → "true".
+
+    Strings pass unchanged, so messages that always carried strings hash (and encode) as before.
+    """
+    if type(value) is str:
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SchemaError("not_finite", f"{where}: {value!r} is not a finite number")
+        return str(int(value)) if value.is_integer() else repr(value)
+    raise SchemaError("wrong_type", f"{where}: expected str, int, float or bool, got {type(value).__name__}")
+
+
 # --------------------------------------------------------------------------- records
 @dataclass(frozen=True, slots=True)
 class Record:
@@ -55,7 +76,8 @@ class BehaviourEvent(Record):
     item_id: str = field(metadata=_range(max_len=128))
     item_tags: list[str] = field(metadata=_range(max_len=64))
     action: str = field(metadata=_range(max_len=32))
-    profile: dict[str, str] | None = None
+    # values may arrive as str, int, float or bool; decoding turns them into strings (`profile_value`)
+    profile: dict[str, str] | None = field(default=None, metadata={"profile": True})
     label: int | None = field(default=None, metadata=_range(0, 1))
 
 
@@ -627,7 +649,8 @@ def _compile(hint: Any, meta: dict[str, Any]) -> Checker:
     if origin is list:
         return _list_checker(args[0], meta)
     if origin is dict:
-        key, val = _compile(args[0], {}), _compile(args[1], {})
+        key = _compile(args[0], {})
+        val = profile_value if meta.get("profile") else _compile(args[1], {})
 
         plain = args == (str, str)  # unbounded strs: the types are all there is to check
 

@@ -1,37 +1,68 @@
-"""The one typed settings object: paper defaults, each field overridable by a named env variable."""
+"""The one typed settings object: paper defaults, each field overridable by a named env variable.
+
+A pydantic model: types, enumerated values, strict booleans and numeric ranges are checked when
+the settings are made (from the environment, the CLI or code), and an error names the
+environment variable and what it accepts. Every field is declared on one line,
+`name: type = field(default=…, metadata=_env("name"))`; ranges and choices go in the type.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.features import FeatureSpace
 
 ENV_PREFIX = "CODA_"
+DEV_PSEUDONYM_KEY = "coda-local-dev-key"  # the default; refused against an external cluster (ops/keys.py)
+
+Count = Annotated[int, Field(ge=1)]  # at least one
+NonNegative = Annotated[int, Field(ge=0)]
+Port = Annotated[int, Field(ge=0, le=65_535)]  # 0: a free port
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Share = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 def _env(name: str) -> dict[str, str]:
     return {"env": ENV_PREFIX + name.upper()}
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+def field(default: Any = None, metadata: dict[str, str] | None = None, default_factory: Any = None) -> Any:
+    """A setting: its default (or default factory) and the environment variable that overrides it.
+
+    Same call shape as `dataclasses.field`, so a setting is declared the way it always was.
+    """
+    if default_factory is not None:
+        return Field(default_factory=default_factory, json_schema_extra=metadata)  # type: ignore[arg-type]
+    return Field(default=default, json_schema_extra=metadata)  # type: ignore[arg-type]
+
+
+class SettingsError(ValueError):
+    """Settings that make no sense; the message names each variable and what it accepts."""
+
+
+class Settings(BaseModel):
     """Every knob of the system. `Settings.from_env()` is called once, at the entry point.
 
     Field metadata names the environment variable; the README's configuration table is
     generated from these fields (`coda config`).
     """
 
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=False)
+
     # --- where things run ---------------------------------------------------------------
     state_dir: Path = field(default=Path(".coda"), metadata=_env("state_dir"))
     bootstrap: str = field(default="", metadata=_env("bootstrap"))  # empty: embedded Tansu
-    broker_port: int = field(default=0, metadata=_env("broker_port"))  # 0: a free port
-    security_protocol: str = field(default="PLAINTEXT", metadata=_env("security_protocol"))
-    sasl_mechanism: str = field(default="", metadata=_env("sasl_mechanism"))
+    broker_port: Port = field(default=0, metadata=_env("broker_port"))  # 0: a free port
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = field(default="PLAINTEXT", metadata=_env("security_protocol"))
+    sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"] = field(default="", metadata=_env("sasl_mechanism"))
     sasl_username: str = field(default="", metadata=_env("sasl_username"))
     sasl_password: str = field(default="", metadata=_env("sasl_password"))
     ssl_cafile: str = field(default="", metadata=_env("ssl_cafile"))
@@ -41,77 +72,101 @@ class Settings:
     topics_file: Path = field(default=Path(""), metadata=_env("topics_file"))  # empty: bundled
     index_url: str = field(default="edge://", metadata=_env("index_url"))
     app_id: str = field(default="coda", metadata=_env("app_id"))
-    pseudonym_key: str = field(default="coda-local-dev-key", metadata=_env("pseudonym_key"))
-    log_level: str = field(default="WARNING", metadata=_env("log_level"))
+    pseudonym_key: str = field(default=DEV_PSEUDONYM_KEY, metadata=_env("pseudonym_key"))
+    # the development key above is refused against an external cluster unless this is true
+    allow_dev_key: bool = field(default=False, metadata=_env("allow_dev_key"))
+    log_level: LogLevel = field(default="WARNING", metadata=_env("log_level"))
+    # Prometheus /metrics of each worker and fleet process (empty host: none); port 0 picks a free
+    # one, N gives process i the port N + i; the bound URL is in <state dir>/metrics/<role>-<id>.json
+    metrics_host: str = field(default="127.0.0.1", metadata=_env("metrics_host"))
+    worker_metrics_port: Port = field(default=0, metadata=_env("worker_metrics_port"))
+    fleet_metrics_port: Port = field(default=0, metadata=_env("fleet_metrics_port"))
     # --- wire limits ----------------------------------------------------------------------
-    max_envelope_bytes: int = field(default=1_000_000, metadata=_env("max_envelope_bytes"))
-    max_events_per_envelope: int = field(default=5_000, metadata=_env("max_events_per_envelope"))
+    max_envelope_bytes: Count = field(default=1_000_000, metadata=_env("max_envelope_bytes"))
+    max_events_per_envelope: Count = field(default=5_000, metadata=_env("max_events_per_envelope"))
     # --- features -------------------------------------------------------------------------
-    item_buckets: int = field(default=4096, metadata=_env("item_buckets"))
-    tag_buckets: int = field(default=256, metadata=_env("tag_buckets"))
-    profile_buckets: int = field(default=256, metadata=_env("profile_buckets"))
-    seq_len: int = field(default=20, metadata=_env("seq_len"))
+    item_buckets: Count = field(default=4096, metadata=_env("item_buckets"))
+    tag_buckets: Count = field(default=256, metadata=_env("tag_buckets"))
+    profile_buckets: Count = field(default=256, metadata=_env("profile_buckets"))
+    seq_len: Count = field(default=20, metadata=_env("seq_len"))
     # the user vector of Algorithm 1: "sequence" (the paper: behaviour-sequence tag histogram) or
-    # "clicks" (tags of clicked items: taste even where exposure says nothing about it)
-    match_feature: str = field(default="sequence", metadata=_env("match_feature"))
+    # "clicks" (clicked items' tags less a third for passed ones: taste even where exposure says nothing)
+    match_feature: Literal["sequence", "clicks"] = field(default="sequence", metadata=_env("match_feature"))
     # Algorithm 2's classifier input: "sequence" (the paper) or "outcome" (plus the sample's
     # clicked-or-passed target tags)
-    classifier_input: str = field(default="sequence", metadata=_env("classifier_input"))
+    classifier_input: Literal["sequence", "outcome"] = field(default="sequence", metadata=_env("classifier_input"))
     # --- cloud matching (paper section 4.2) -----------------------------------------------
-    k_neighbours: int = field(default=100, metadata=_env("k_neighbours"))
-    batch_size: int = field(default=25, metadata=_env("batch_size"))
-    batch_max: int = field(default=40, metadata=_env("batch_max"))
-    batches_per_day: int = field(default=12, metadata=_env("batches_per_day"))
-    match_window_days: int = field(default=7, metadata=_env("match_window_days"))
+    k_neighbours: Count = field(default=100, metadata=_env("k_neighbours"))
+    batch_size: Count = field(default=25, metadata=_env("batch_size"))
+    batch_max: Count = field(default=40, metadata=_env("batch_max"))
+    batches_per_day: Count = field(default=12, metadata=_env("batches_per_day"))
+    match_window_days: Count = field(default=7, metadata=_env("match_window_days"))
     # --- device (paper sections 3.3, 3.4, 4.4) ----------------------------------------------
-    classifier_share: float = field(default=1 / 3, metadata=_env("classifier_share"))
-    sigma: float = field(default=0.2, metadata=_env("sigma"))
-    max_local_samples: int = field(default=200, metadata=_env("max_local_samples"))
-    max_outside_samples: int = field(default=200, metadata=_env("max_outside_samples"))
-    train_trigger: int = field(default=100, metadata=_env("train_trigger"))
-    lifecycle_t_days: int = field(default=3, metadata=_env("lifecycle_t_days"))
-    lifecycle_t2_days: int = field(default=7, metadata=_env("lifecycle_t2_days"))
-    emb_dim: int = field(default=3, metadata=_env("emb_dim"))
-    learning_rate: float = field(default=0.01, metadata=_env("learning_rate"))  # the global model's
-    train_batch: int = field(default=32, metadata=_env("train_batch"))
+    classifier_share: Share = field(default=1 / 3, metadata=_env("classifier_share"))
+    sigma: Probability = field(default=0.2, metadata=_env("sigma"))
+    max_local_samples: Count = field(default=200, metadata=_env("max_local_samples"))
+    max_outside_samples: NonNegative = field(default=200, metadata=_env("max_outside_samples"))
+    train_trigger: Count = field(default=100, metadata=_env("train_trigger"))
+    lifecycle_t_days: Count = field(default=3, metadata=_env("lifecycle_t_days"))
+    lifecycle_t2_days: Count = field(default=7, metadata=_env("lifecycle_t2_days"))
+    emb_dim: Count = field(default=3, metadata=_env("emb_dim"))
+    learning_rate: Rate = field(default=0.01, metadata=_env("learning_rate"))  # the global model's
+    train_batch: Count = field(default=32, metadata=_env("train_batch"))
     # Algorithm 3 on the device: its own learning rate (the global model keeps learning_rate),
     # passes over the training samples, and when the gate judges: "step" (after every
     # mini-batch, the paper) or "epoch" (after each pass)
-    device_learning_rate: float = field(default=0.01, metadata=_env("device_learning_rate"))
-    train_epochs: int = field(default=1, metadata=_env("train_epochs"))
-    gate: str = field(default="step", metadata=_env("gate"))
+    device_learning_rate: Rate = field(default=0.01, metadata=_env("device_learning_rate"))
+    train_epochs: Count = field(default=1, metadata=_env("train_epochs"))
+    gate: Literal["step", "epoch"] = field(default="step", metadata=_env("gate"))
     # "events": a device pulls as soon as it reported new events (live); "day_end": it pulls on
     # the end-of-day tick, after the cloud has indexed the whole day (exact, repeatable replays)
-    pull_trigger: str = field(default="events", metadata=_env("pull_trigger"))
+    pull_trigger: Literal["events", "day_end"] = field(default="events", metadata=_env("pull_trigger"))
     # "coda": every device runs CoDA (the product); "buckets": an experiment, each device gets one
     # arm (cloud | local | coda | coda_nofilter | coda_random) from a hash of (arm_seed, pseudonym)
-    arm_mode: str = field(default="coda", metadata=_env("arm_mode"))
-    arm_seed: int = field(default=0, metadata=_env("arm_seed"))
+    arm_mode: Literal["coda", "buckets"] = field(default="coda", metadata=_env("arm_mode"))
+    arm_seed: NonNegative = field(default=0, metadata=_env("arm_seed"))
     # which CTR-model parameters Algorithm 3 personalizes: "all" (the paper) | "mlp" | "head"
-    personalize: str = field(default="all", metadata=_env("personalize"))
+    personalize: Literal["all", "mlp", "head"] = field(default="all", metadata=_env("personalize"))
     # Algorithm 3's gate when the local validation samples hold one class (AUC undefined):
     # "fit" accepts steps that fit those labels better (exp(−logloss)); "skip" trains not at all
-    one_class_gate: str = field(default="fit", metadata=_env("one_class_gate"))
-    open_databases: int = field(default=64, metadata=_env("open_databases"))
+    one_class_gate: Literal["fit", "skip"] = field(default="fit", metadata=_env("one_class_gate"))
+    open_databases: Count = field(default=64, metadata=_env("open_databases"))
     # devices a fleet process handles at once: enough to overlap one device's disk waits with
     # another's torch job; more only makes their SQLite threads queue for the GIL (1,000-device
     # cycles: 0.051–0.062 CPU s a device at 1–4, 0.058–0.065 at 64, the same devices/s)
-    fleet_concurrency: int = field(default=4, metadata=_env("fleet_concurrency"))
-    torch_threads: int = field(default=1, metadata=_env("torch_threads"))
+    fleet_concurrency: Count = field(default=4, metadata=_env("fleet_concurrency"))
+    torch_threads: Count = field(default=1, metadata=_env("torch_threads"))
     # a device's torch jobs run on the event loop's thread (one at a time, as the single torch
     # thread ran them): handing each job to a thread cost ~40 % more CPU a device, the small
     # ops trading the GIL with the loop and SQLite threads; a job holds the loop ~10–30 ms
     torch_on_loop: bool = field(default=True, metadata=_env("torch_on_loop"))
     # --- Faust / broker timeouts (Tansu joins are slow with Faust's defaults) ---------------
-    rebalance_timeout_s: float = field(default=6.0, metadata=_env("rebalance_timeout_s"))
-    session_timeout_s: float = field(default=6.0, metadata=_env("session_timeout_s"))
-    heartbeat_interval_s: float = field(default=1.0, metadata=_env("heartbeat_interval_s"))
+    rebalance_timeout_s: Seconds = field(default=6.0, metadata=_env("rebalance_timeout_s"))
+    session_timeout_s: Seconds = field(default=6.0, metadata=_env("session_timeout_s"))
+    heartbeat_interval_s: Seconds = field(default=1.0, metadata=_env("heartbeat_interval_s"))
     # Faust hard-codes a 1.5 s fetch wait; every agent hop of a pull paid it on Tansu
-    fetch_max_wait_ms: int = field(default=20, metadata=_env("fetch_max_wait_ms"))
-    take_max: int = field(default=500, metadata=_env("take_max"))  # records per fleet poll
+    fetch_max_wait_ms: NonNegative = field(default=20, metadata=_env("fetch_max_wait_ms"))
+    take_max: Count = field(default=500, metadata=_env("take_max"))  # records per fleet poll
     # the ingest and user-vector agents fold each event with those already waiting behind
     # it, up to agent_batch at once; 1: one at a time (see CloudContext.batches)
-    agent_batch: int = field(default=500, metadata=_env("agent_batch"))
+    agent_batch: Count = field(default=500, metadata=_env("agent_batch"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _case(cls, values: Any) -> Any:
+        """Log levels in any case, as logging takes them."""
+        if isinstance(values, dict) and isinstance(values.get("log_level"), str):
+            values = {**values, "log_level": values["log_level"].upper()}
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.batch_max < self.batch_size:
+            raise ValueError(f"CODA_BATCH_MAX={self.batch_max} is below CODA_BATCH_SIZE={self.batch_size}")
+        if self.lifecycle_t2_days < self.lifecycle_t_days:
+            raise ValueError(f"CODA_LIFECYCLE_T2_DAYS={self.lifecycle_t2_days} is below "
+                             f"CODA_LIFECYCLE_T_DAYS={self.lifecycle_t_days}")
+        return self
 
     @property
     def features(self) -> FeatureSpace:
@@ -124,41 +179,49 @@ class Settings:
         return not self.bootstrap
 
     @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Field name → its environment variable, in declaration order."""
+        return {name: f.json_schema_extra["env"] for name, f in cls.model_fields.items()}  # type: ignore[index]
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults ← environment variables ← explicit overrides (CLI options)."""
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(f.metadata["env"])
-            if raw is not None:
-                values[f.name] = _parse(f.name, f.type, raw, f.metadata["env"])
+        values: dict[str, Any] = {name: environ[env] for name, env in cls.env_names().items() if env in environ}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls.checked(values)
+
+    @classmethod
+    def checked(cls, values: Mapping[str, Any]) -> Settings:
+        """Validated settings, or a `SettingsError` naming each variable, its value and what it accepts."""
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as exc:
+            raise SettingsError(_explain(exc, values)) from None
 
     def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+        return self.checked({**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
 
     def to_env(self) -> dict[str, str]:
         """Environment variables that reproduce these settings in a child process."""
-        return {f.metadata["env"]: str(getattr(self, f.name)) for f in fields(self)}
+        return {env: str(getattr(self, name)) for name, env in self.env_names().items()}
 
     def table(self) -> list[tuple[str, str, str]]:
         """(env variable, default, field) rows for docs and `coda config`."""
         defaults = Settings()
-        return [(f.metadata["env"], str(getattr(defaults, f.name)), f.name) for f in fields(self)]
+        return [(env, str(getattr(defaults, name)), name) for name, env in self.env_names().items()]
 
 
-def _parse(name: str, annotation: Any, raw: str, env: str) -> Any:
-    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "str")
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "bool":
-            return raw.strip().lower() in {"1", "true", "yes", "on"}
-        if kind == "Path":
-            return Path(raw)
-        return raw
-    except ValueError as exc:
-        raise ValueError(f"{env}={raw!r} is not a valid {kind} for setting {name!r}") from exc
+def _explain(exc: ValidationError, values: Mapping[str, Any]) -> str:
+    envs = Settings.env_names()
+    lines = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else ""
+        msg = err["msg"].replace("Input should be", "must be").replace("Value error, ", "")
+        if err["type"] == "bool_parsing":
+            msg = "must be true or false (or 1/0, yes/no, on/off)"
+        if name in envs:
+            lines.append(f"{envs[name]}={values.get(name)!r}: {msg} (setting {name})")
+        else:
+            lines.append(msg if not name else f"{name}: {msg}")
+    return "; ".join(lines)

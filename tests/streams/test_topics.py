@@ -12,7 +12,7 @@ from streams.topics import BUNDLED, TopicsError, load_topics, parse_topics
 
 
 def test_bundled_topics_declare_the_whole_flow() -> None:
-    """Every stage of DESIGN.md's data flow has its topic; compacted vectors; dead letters."""
+    """Every stage of docs/design.md's data flow has its topic; compacted vectors; dead letters."""
     topics = load_topics()
     names = {t.name for t in topics}
     assert {"up", "samples", "user-vectors", "match-requests", "neighbour-queries", "gather",
