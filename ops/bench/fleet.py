@@ -38,13 +38,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from ops.bench.common import broker_for, table, write_report
+from ops.bench.common import Usage, broker_for, table, write_report
 from streams.settings import Settings
 
 BATCHES = 3  # matched batches of 25 per device and day in this job (the quota allows 12)
@@ -173,52 +172,6 @@ async def _large_cycle(base: Settings, scratch: Path, processes: int) -> dict[st
     return {"devices": LARGE_SIZE, **cycle}
 
 
-# --------------------------------------------------------------------------- process usage
-@dataclass
-class Usage:
-    """RSS and CPU seconds of some processes and their children, sampled over a run."""
-
-    procs: list[psutil.Process]
-    rss0: int = 0
-    peak: int = 0
-    cpu0: float = 0.0
-
-    def start(self) -> None:
-        self.rss0 = self.peak = self.rss()
-        self.cpu0 = self.cpu()
-
-    def tree(self) -> list[psutil.Process]:
-        out: dict[int, psutil.Process] = {}  # by pid: a child of one listed process may be listed too
-        for p in self.procs:
-            try:
-                out.update((q.pid, q) for q in (p, *p.children(recursive=True)))
-            except psutil.NoSuchProcess:
-                continue
-        return list(out.values())
-
-    def rss(self) -> int:
-        return sum(_safe(lambda q=q: q.memory_info().rss) for q in self.tree())
-
-    def cpu(self) -> float:
-        return sum(_safe(lambda q=q: sum(q.cpu_times()[:2])) for q in self.tree())
-
-    def sample(self) -> None:
-        self.peak = max(self.peak, self.rss())
-
-    def report(self, devices: int, seconds: float) -> dict[str, Any]:
-        return {"devices_timed": devices, "devices_per_s": devices / seconds, "seconds": seconds,
-                "cpu_s_per_device": (self.cpu() - self.cpu0) / devices,
-                "rss_mb_before": self.rss0 / 2**20, "rss_mb_peak": self.peak / 2**20,
-                "mb_per_device": (self.peak - self.rss0) / 2**20 / devices}
-
-
-def _safe(read: Any) -> float:
-    try:
-        return float(read())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return 0.0
-
-
 # --------------------------------------------------------------------------- fleet
 async def _fleet(base: Settings, state: Path, devices: DevicesJob, payloads: list[bytes],
                  processes: int) -> dict[str, Any]:
@@ -265,11 +218,12 @@ async def _fleet(base: Settings, state: Path, devices: DevicesJob, payloads: lis
         # the stats file is written every few seconds: the fleet's own clock says when it finished
         end = max(_fleet_stats(s, i).get("last_processed_at", 0.0) for i in range(processes))
         report = usage.report(len(devices), end - start)
+        members = [{k: _fleet_stats(s, i).get(k) for k in ("partitions", "devices_hosted")} for i in range(processes)]
     finally:
         await up.stop()
         await pub.stop()
         procs.stop()
-    return {**report, "processes": processes}
+    return {**report, "processes": processes, "members": members}
 
 
 async def _answer(pub: Any, topics: Any, s: Settings, pull: Any, payloads: list[bytes]) -> None:
@@ -346,7 +300,7 @@ def _flower(s: Settings, devices: DevicesJob, payloads: list[bytes], cap_s: floa
     with open(log, "wb") as out:
         # a session of its own: Ray's actor processes outlive ray.shutdown() (orphaned, still
         # spinning), and the session id is how we find them afterwards
-        child = subprocess.Popen([sys.executable, "-m", "ops.bench.fleet", "flower", str(job), str(result)],  # noqa: S603
+        child = subprocess.Popen([sys.executable, "-m", "ops.bench.fleet", "flower", str(job), str(result)],
                                  env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
     try:
