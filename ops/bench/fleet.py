@@ -174,7 +174,8 @@ async def _large_cycle(base: Settings, scratch: Path, processes: int) -> dict[st
 
 # --------------------------------------------------------------------------- fleet
 async def _fleet(base: Settings, state: Path, devices: DevicesJob, payloads: list[bytes],
-                 processes: int) -> dict[str, Any]:
+                 processes: int, then: Any = None) -> dict[str, Any]:
+    """The daily cycle through `processes` fleet processes; `then(s, topics, procs)` runs on the same fleets after."""
     from core.privacy import device_pseudonym
     from ops.namespace import in_namespace
     from ops.pipeline import Processes
@@ -219,6 +220,8 @@ async def _fleet(base: Settings, state: Path, devices: DevicesJob, payloads: lis
         end = max(_fleet_stats(s, i).get("last_processed_at", 0.0) for i in range(processes))
         report = usage.report(len(devices), end - start)
         members = [{k: _fleet_stats(s, i).get(k) for k in ("partitions", "devices_hosted")} for i in range(processes)]
+        if then is not None:
+            report["then"] = await then(s, topics, procs)
     finally:
         await up.stop()
         await pub.stop()

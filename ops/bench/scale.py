@@ -54,11 +54,14 @@ class Sizes:
 
 
 FULL = Sizes(users=1500, days=4, devices=600, probe_rate=10.0, settle_s=8.0)
-QUICK = Sizes(users=120, days=2, devices=40, probe_rate=5.0, settle_s=3.0)
+QUICK = Sizes(users=120, days=2, devices=40, probe_rate=5.0, settle_s=2.0)
+
+
+_T0 = time.monotonic()
 
 
 def say(msg: str) -> None:
-    print(f"[bench scale] {msg}", file=sys.stderr, flush=True)
+    print(f"[bench scale {time.monotonic() - _T0:5.0f} s] {msg}", file=sys.stderr, flush=True)
 
 
 def run(out: Path, quick: bool, settings: Settings) -> dict[str, Any]:
@@ -78,11 +81,11 @@ def run(out: Path, quick: bool, settings: Settings) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- shared
-def efficiency(runs: dict[str, dict[str, Any]], unit: str) -> None:
-    """Add `cpu_efficiency` and `wall_ratio` to each run, relative to the one-member run."""
+def efficiency(runs: dict[str, dict[str, Any]], unit: str, name: str = "cpu_efficiency") -> None:
+    """Add `name` (CPU per unit with 1 ÷ with N) and `wall_ratio` to each run, relative to the one-member run."""
     one = runs.get("1")
     for r in runs.values():
-        r["cpu_efficiency"] = one[unit] / r[unit] if one and r[unit] else None
+        r[name] = one[unit] / r[unit] if one and r[unit] else None
         rate = "events_per_s" if "events_per_s" in r else "devices_per_s"
         r["wall_ratio"] = r[rate] / one[rate] if one else None
 
@@ -107,15 +110,88 @@ def pause(probes: Sequence[tuple[float, float | None]], at: float, until: float)
             "probes": len(after), "unanswered": sum(1 for sent, lat in probes if at <= sent < until and lat is None)}
 
 
-def _stop_one(procs: Any, proc: Any, timeout_s: float = 30.0) -> None:
-    """SIGTERM one member (a clean leave) and forget it, so `procs.check()` does not flag it."""
+def _terminate(proc: Any, timeout_s: float = 60.0) -> None:
+    """SIGTERM one member (a clean leave); kill it if it does not go."""
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout_s)
     except Exception:  # noqa: BLE001 - still running after the timeout
         proc.kill()
         proc.wait()
-    procs.procs.remove(proc)
+
+
+async def _probe_through(procs: Any, probe: Any, sizes: Sizes, spawn: Any, holds: Any,
+                         answered_all: Any) -> dict[str, float]:
+    """Steady probes while one member joins and then leaves; returns when each phase began and settled.
+
+    `holds(ident)` lists the partitions member `ident` reports holding; a join is settled when
+    the new member holds some, a leave when the first member holds all 8 again. At the end it
+    waits (up to a minute) until `answered_all()`.
+    """
+    marks: dict[str, float] = {}
+    i = 0
+
+    async def steady(seconds: float = 0.0, until: Any = None, timeout_s: float = 180.0) -> None:
+        nonlocal i
+        start = time.monotonic()
+        while (until is not None and not until()) or time.monotonic() - start < seconds:
+            if time.monotonic() - start > timeout_s:
+                raise TimeoutError("the group did not settle after a membership change")
+            procs.check()
+            await probe(i)
+            i += 1
+            await asyncio.sleep(1 / sizes.probe_rate)
+
+    await steady(sizes.settle_s)
+    marks["join"] = time.monotonic()
+    joined = spawn()
+    await steady(until=lambda: bool(holds("1")) and len(holds("0")) < 8)
+    marks["joined"] = time.monotonic()
+    await steady(sizes.settle_s)
+    marks["leave"] = time.monotonic()
+    procs.procs.remove(joined)  # leaving is expected: `procs.check()` must not flag it
+    leaving = asyncio.create_task(asyncio.to_thread(_terminate, joined))
+    await steady(until=lambda: leaving.done() and len(holds("0")) == 8)
+    marks["left"] = time.monotonic()
+    await steady(sizes.settle_s)
+    marks["end"] = time.monotonic()
+    deadline = marks["end"] + 60  # late answers still count: a pause is not a loss
+    while not answered_all() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    return marks
+
+
+def _pauses(sent: dict[str, float], answered: dict[str, float], marks: dict[str, float], sizes: Sizes,
+            probe: str) -> dict[str, Any]:
+    probes = [(t, answered[k] - t if k in answered else None) for k, t in sent.items()]
+    return {"join": {**pause(probes, marks["join"], marks["leave"]), "settled_s": marks["joined"] - marks["join"]},
+            "leave": {**pause(probes, marks["leave"], marks["end"]), "settled_s": marks["left"] - marks["leave"]},
+            "probe_rate_per_s": sizes.probe_rate, "probe": probe}
+
+
+async def _listen(s: Settings, topics: Any, topic: str, key_of: Any, sent: dict[str, float],
+                  answered: dict[str, float]) -> tuple[Any, asyncio.Task[None]]:
+    """Read `topic` from its end; the first record whose `key_of` is a sent probe answers it."""
+    from aiokafka import TopicPartition
+
+    from streams.kafka import consumer
+    from streams.schemas import decode
+
+    reader = consumer(s, enable_auto_commit=False)
+    await reader.start()
+    parts = [TopicPartition(topics.name(topic), p) for p in range(topics[topic].partitions)]
+    reader.assign(parts)
+    await reader.seek_to_end(*parts)
+
+    async def listen() -> None:
+        while True:
+            for records in (await reader.getmany(timeout_ms=100)).values():
+                for r in records:
+                    key = key_of(decode(r.value, 1 << 30))
+                    if key in sent and key not in answered:
+                        answered[key] = time.monotonic()
+
+    return reader, asyncio.create_task(listen())
 
 
 # --------------------------------------------------------------------------- cloud workers
@@ -130,13 +206,13 @@ async def _cloud(base: Settings, scratch: Path, sizes: Sizes, counts: Sequence[i
     say(f"cloud: {events:,} events in {envelopes:,} envelopes from {sizes.users:,} users")
     runs = {}
     for n in counts:
-        runs[str(n)] = await _cloud_run(_namespace(base, scratch, f"w{n}"), plans, events, n)
+        runs[str(n)] = await _cloud_run(_namespace(base, scratch, f"w{n}"), plans, events, n, sizes if n == 1 else None)
         r = runs[str(n)]
         say(f"{n} worker(s): {r['cpu_us_per_event']:.0f} us CPU an event, {r['events_per_s']:,.0f} events/s, "
             f"events by member {r['events_by_member']}")
     efficiency(runs, "cpu_us_per_event")
-    say("cloud: rebalance pause (a worker joins, then leaves)")
-    rebalance = await _cloud_rebalance(_namespace(base, scratch, "rb"), plans, sizes)
+    efficiency(runs, "cpu_us_per_event_less_idle", "cpu_efficiency_less_idle")
+    rebalance = runs["1"].pop("rebalance")
     return {"events": events, "envelopes": envelopes, "users": sizes.users, "runs": runs, "rebalance": rebalance}
 
 
@@ -165,7 +241,8 @@ async def _worker_stats_settled(s: Settings, idents: Sequence[str], events: int,
         await asyncio.sleep(0.5)
 
 
-async def _cloud_run(s: Settings, plans: list[Any], events: int, workers: int) -> dict[str, Any]:
+async def _cloud_run(s: Settings, plans: list[Any], events: int, workers: int,
+                     rebalance: Sizes | None = None) -> dict[str, Any]:
     from ops.pipeline import Processes, barrier
     from ops.replay import DayPlan, Publisher
     from streams.kafka import ensure_topics
@@ -197,7 +274,10 @@ async def _cloud_run(s: Settings, plans: list[Any], events: int, workers: int) -
             cpu = usage.cpu() - usage.cpu0
             envelopes = sum(len(p.by_device) for p in plans) + 1
             after = await _worker_stats_settled(s, idents, envelopes)
-        members = await _members(s, s.app_id, topics.name("up"))
+            members = [a.get("partitions") or [] for a in after]
+            if rebalance is not None:
+                say("cloud: rebalance pause (a worker joins, then leaves)")
+                pauses = await _cloud_rebalance(s, topics, pub, procs, plans, rebalance)
     finally:
         procs.stop()
     wire = await _topic_bytes(s) if workers == 1 else {}
@@ -209,7 +289,8 @@ async def _cloud_run(s: Settings, plans: list[Any], events: int, workers: int) -
     replica = [a.get("index", {}).get("in", 0) - b.get("index", {}).get("in", 0) for a, b in zip(after, before, strict=True)]
     # the barrier's quiet polls leave the members idle for a while; that idle CPU is not per-event cost
     idle = idle_cpu_per_s * workers * seconds
-    return {"workers": workers, "seconds": seconds, "events_per_s": events / seconds,
+    return {**({"rebalance": pauses} if rebalance is not None else {}),
+            "workers": workers, "seconds": seconds, "events_per_s": events / seconds,
             "cpu_s": cpu, "cpu_us_per_event": cpu / events * 1e6,
             "idle_cpu_s_per_member_s": idle_cpu_per_s,
             "cpu_us_per_event_less_idle": max(cpu - idle, 0.0) / events * 1e6,
@@ -238,132 +319,33 @@ async def _topic_bytes(s: Settings) -> dict[str, int]:
     return out
 
 
-async def _members(s: Settings, group: str, topic: str) -> list[list[int]]:
-    """Partitions of `topic` each member of `group` holds, as the broker describes the group ([] if it cannot)."""
-    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-
-    from streams.kafka import admin
-
-    client = await admin(s)
-    try:
-        responses = await client.describe_consumer_groups([group])
-    except Exception as err:  # noqa: BLE001 - a broker without DescribeGroups: balance from work counts only
-        say(f"describe group {group}: {err!r}")
-        return []
-    finally:
-        await client.close()
-    out = []
-    for response in responses:
-        for described in response.groups:
-            for member in described[5]:  # members; the assignment is each member's last field
-                try:
-                    assignment = ConsumerProtocolMemberAssignment.decode(member[-1])
-                except Exception as err:  # noqa: BLE001 - an empty assignment during a rebalance
-                    say(f"member {member[0]} of {group}: no assignment ({err!r})")
-                    continue
-                out.append(sorted(p for t, parts in assignment.assignment if t == topic for p in parts))
-    return sorted(out)
-
-
-async def _cloud_rebalance(s: Settings, plans: list[Any], sizes: Sizes) -> dict[str, Any]:
-    """One worker under a steady probe stream; a second joins, then leaves."""
-
+async def _cloud_rebalance(s: Settings, topics: Any, pub: Any, procs: Any, plans: list[Any],
+                           sizes: Sizes) -> dict[str, Any]:
+    """On the running one-worker group (with its state): a second worker joins, then leaves."""
     from core.privacy import user_pseudonym
-    from ops.pipeline import Processes, barrier
-    from ops.replay import Publisher
-    from streams.kafka import ensure_topics
     from streams.schemas import SampleBatch, UpEnvelope
-    from streams.topics import load_topics
 
-    topics = load_topics(s.topics_file, s.topic_prefix)
-    await ensure_topics(s, topics)
-    procs = Processes(s)
     template = [e for e in plans[0].by_device[0][1] if e.action in ("impression", "click")][:5]
     sent: dict[str, float] = {}
     answered: dict[str, float] = {}
-    reader = None
+    reader, listener = await _listen(s, topics, "samples", lambda m: m.user if isinstance(m, SampleBatch) else None,
+                                     sent, answered)
+
+    async def probe(i: int) -> None:
+        user = f"probe-user-{i}"
+        events = [e.__class__(user, e.ts, e.item_id, e.item_tags, e.action, e.profile, e.label) for e in template]
+        sent[user_pseudonym(s.pseudonym_key, user)] = time.monotonic()
+        await pub.send("up", f"probe-device-{i}".encode(), UpEnvelope(f"probe-device-{i}", events, events[-1].ts))
+        await pub._producer.flush()
+
     try:
-        procs.spawn("worker", "0")
-        async with Publisher(s, topics) as pub:
-            for plan in plans[:1]:
-                await pub.up(plan)  # some state to recover on a move
-            await barrier(s, topics, 1, False, procs)
-            reader, listener = await _listen(s, topics, "samples", lambda m: m.user if isinstance(m, SampleBatch) else None,
-                                             sent, answered)
-
-            async def probe(i: int) -> None:
-                user = f"probe-user-{i}"
-                events = [e.__class__(user, e.ts, e.item_id, e.item_tags, e.action, e.profile, e.label)
-                          for e in template]
-                sent[user_pseudonym(s.pseudonym_key, user)] = time.monotonic()
-                await pub.send("up", f"probe-device-{i}".encode(), UpEnvelope(f"probe-device-{i}", events, events[-1].ts))
-                await pub._producer.flush()
-
-            marks = await _probe_through(procs, probe, sizes, spawn=lambda: procs.spawn("worker", "1"))
-            listener.cancel()
+        marks = await _probe_through(procs, probe, sizes, lambda: procs.spawn("worker", "1"),
+                                     lambda ident: _worker_stats(s, ident).get("partitions") or [],
+                                     lambda: len(answered) == len(sent))
     finally:
-        if reader is not None:
-            await reader.stop()
-        procs.stop()
+        listener.cancel()
+        await reader.stop()
     return _pauses(sent, answered, marks, sizes, "an up-tunnel envelope → its SampleBatch on `samples`")
-
-
-async def _listen(s: Settings, topics: Any, topic: str, key_of: Any, sent: dict[str, float],
-                  answered: dict[str, float]) -> tuple[Any, asyncio.Task[None]]:
-    """Read `topic` from its end; the first record whose `key_of` is a sent probe answers it."""
-    from aiokafka import TopicPartition
-
-    from streams.kafka import consumer
-    from streams.schemas import decode
-
-    reader = consumer(s, enable_auto_commit=False)
-    await reader.start()
-    parts = [TopicPartition(topics.name(topic), p) for p in range(topics[topic].partitions)]
-    reader.assign(parts)
-    await reader.seek_to_end(*parts)
-
-    async def listen() -> None:
-        while True:
-            for records in (await reader.getmany(timeout_ms=100)).values():
-                for r in records:
-                    key = key_of(decode(r.value, 1 << 30))
-                    if key in sent and key not in answered:
-                        answered[key] = time.monotonic()
-
-    return reader, asyncio.create_task(listen())
-
-
-def _pauses(sent: dict[str, float], answered: dict[str, float], marks: dict[str, float], sizes: Sizes,
-            probe: str) -> dict[str, Any]:
-    probes = [(t, answered[k] - t if k in answered else None) for k, t in sent.items()]
-    return {"join": pause(probes, marks["join"], marks["leave"]), "leave": pause(probes, marks["leave"], marks["end"]),
-            "probe_rate_per_s": sizes.probe_rate, "probe": probe}
-
-
-async def _probe_through(procs: Any, probe: Any, sizes: Sizes, spawn: Any) -> dict[str, float]:
-    """Probes at a steady rate: `settle_s`, a member joins, `3 × settle_s`, it leaves, `3 × settle_s`."""
-    marks: dict[str, float] = {}
-    i = 0
-
-    async def steady(seconds: float) -> None:
-        nonlocal i
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            procs.check()
-            await probe(i)
-            i += 1
-            await asyncio.sleep(1 / sizes.probe_rate)
-
-    await steady(sizes.settle_s)
-    marks["join"] = time.monotonic()
-    joined = spawn()
-    await steady(3 * sizes.settle_s)
-    marks["leave"] = time.monotonic()
-    await asyncio.to_thread(_stop_one, procs, joined)
-    await steady(3 * sizes.settle_s)
-    marks["end"] = time.monotonic()
-    await asyncio.sleep(sizes.settle_s)  # the last probes' answers
-    return marks
 
 
 # --------------------------------------------------------------------------- fleets
@@ -371,9 +353,17 @@ async def _fleets(base: Settings, scratch: Path, sizes: Sizes, counts: Sequence[
     from ops.bench import fleet
 
     devices, payloads = fleet._job(base, sizes.devices)
+    probes, _ = fleet._job(base, int(sizes.probe_rate * sizes.settle_s * 4) + 200)  # fresh devices
+    probes = [(f"probe-{d}", e) for d, e in probes]
     runs = {}
+    rebalance: dict[str, Any] = {}
     for n in counts:
-        r = await fleet._fleet(base, scratch / f"f{n}", devices, payloads, n)
+        async def then(s: Settings, topics: Any, procs: Any) -> dict[str, Any]:
+            say("fleets: rebalance pause (a fleet joins, then leaves)")
+            return await _fleet_rebalance(s, topics, procs, probes, sizes)
+
+        r = await fleet._fleet(base, scratch / f"f{n}", devices, payloads, n, then if n == 1 else None)
+        rebalance = r.pop("then", rebalance)
         members = r.pop("members")
         hosted = [m.get("devices_hosted", 0) for m in members]
         runs[str(n)] = {**r, "cpu_ms_per_device": r["cpu_s_per_device"] * 1000,
@@ -383,56 +373,40 @@ async def _fleets(base: Settings, scratch: Path, sizes: Sizes, counts: Sequence[
         say(f"{n} fleet(s): {runs[str(n)]['cpu_ms_per_device']:.0f} ms CPU a device, "
             f"{r['devices_per_s']:.1f} devices/s, devices by member {hosted}")
     efficiency(runs, "cpu_ms_per_device")
-    say("fleets: rebalance pause (a fleet joins, then leaves)")
-    rebalance = await _fleet_rebalance(base, scratch / "rb", sizes)
     return {"devices": sizes.devices, "runs": runs, "rebalance": rebalance}
 
 
-async def _fleet_rebalance(base: Settings, state: Path, sizes: Sizes) -> dict[str, Any]:
-    """One fleet under a steady stream of new devices' actions; a second fleet joins, then leaves."""
-
+async def _fleet_rebalance(s: Settings, topics: Any, procs: Any, devices: Any, sizes: Sizes) -> dict[str, Any]:
+    """On the running one-fleet group (its devices hosted): a second fleet joins, then leaves."""
     from core.privacy import device_pseudonym
     from ops.bench import fleet
-    from ops.namespace import in_namespace
-    from ops.pipeline import Processes
-    from streams.kafka import ensure_topics, producer
+    from streams.kafka import producer
     from streams.schemas import DeviceActions, PullRequest, encode
-    from streams.topics import load_topics
 
-    s = in_namespace(base.replace(state_dir=state), f"scale-{int(time.time())}-frb")
-    topics = load_topics(s.topics_file, s.topic_prefix)
-    await ensure_topics(s, topics)
-    n_probes = int(sizes.probe_rate * sizes.settle_s * 8) + 10
-    devices, _ = fleet._job(base, n_probes)
-    procs = Processes(s)
     sent: dict[str, float] = {}
     answered: dict[str, float] = {}
     pub = producer(s)
-    reader = None
+    await pub.start()
+    reader, listener = await _listen(s, topics, "up", lambda m: m.device_id if isinstance(m, PullRequest) else None,
+                                     sent, answered)
+
+    async def probe(i: int) -> None:
+        device_id, events = devices[i % len(devices)]
+        if device_id in sent:
+            return
+        key = device_pseudonym(s.pseudonym_key, device_id).encode()
+        sent[device_id] = time.monotonic()
+        await pub.send(topics.name("actions"), encode(DeviceActions(device_id, events, events[0].ts // 86_400)), key=key)
+        await pub.flush()
+
     try:
-        procs.spawn("fleet", "0", "--quiet")
-        await fleet._joined(s, 1, procs)
-        await pub.start()
-        reader, listener = await _listen(s, topics, "up", lambda m: m.device_id if isinstance(m, PullRequest) else None,
-                                         sent, answered)
-
-        async def probe(i: int) -> None:
-            device_id, events = devices[i % len(devices)]
-            if device_id in sent:
-                return
-            key = device_pseudonym(s.pseudonym_key, device_id).encode()
-            sent[device_id] = time.monotonic()
-            await pub.send(topics.name("actions"), encode(DeviceActions(device_id, events, events[0].ts // 86_400)),
-                           key=key)
-            await pub.flush()
-
-        marks = await _probe_through(procs, probe, sizes, spawn=lambda: procs.spawn("fleet", "1", "--quiet"))
-        listener.cancel()
+        marks = await _probe_through(procs, probe, sizes, lambda: procs.spawn("fleet", "1", "--quiet"),
+                                     lambda ident: fleet._fleet_stats(s, int(ident)).get("partitions") or [],
+                                     lambda: len(answered) == len(sent))
     finally:
-        if reader is not None:
-            await reader.stop()
+        listener.cancel()
+        await reader.stop()
         await pub.stop()
-        procs.stop()
     return _pauses(sent, answered, marks, sizes, "a new device's actions → its first pull request")
 
 
@@ -445,10 +419,11 @@ def _markdown(r: dict[str, Any]) -> str:
           f"(1.0 is even). Wall ratio = throughput with N ÷ with 1, on {cpus} cores.\n\n")
     cloud, fleets = r["cloud_workers"], r["fleets"]
     rows = [[f"{n} worker(s)", w["cpu_us_per_event"], w["cpu_us_per_event_less_idle"], w["cpu_efficiency"],
+             w["cpu_efficiency_less_idle"],
              w["events_per_s"], w["wall_ratio"], w["balance"] or "—",
              " ".join(str(len(p)) for p in w["partitions_by_member"]) or "—"] for n, w in cloud["runs"].items()]
     md += f"## Cloud workers ({cloud['events']:,} events, {cloud['users']:,} users)\n\n"
-    md += table(["members", "CPU µs / event", "less idle", "CPU efficiency", "events/s", "wall ratio",
+    md += table(["members", "CPU µs / event", "less idle", "CPU efficiency", "less idle", "events/s", "wall ratio",
                  "work balance", "partitions of `up` each"], rows) + "\n\n"
     rows = [[f"{n} fleet(s)", f["cpu_ms_per_device"], f["cpu_efficiency"], f["devices_per_s"], f["wall_ratio"],
              f["balance"] or "—", " ".join(str(len(p or ())) for p in f["partitions_by_member"])]
@@ -456,9 +431,10 @@ def _markdown(r: dict[str, Any]) -> str:
     md += f"## Device fleets ({fleets['devices']:,} devices, one daily cycle)\n\n"
     md += table(["members", "CPU ms / device", "CPU efficiency", "devices/s", "wall ratio", "device balance",
                  "partitions each"], rows) + "\n\n"
-    rows = [[who, change, p["pause_s"], p["worst_latency_s"], p["baseline_p50_s"], p["unanswered"]]
+    rows = [[who, change, p["pause_s"], p["worst_latency_s"], p["baseline_p50_s"], p["settled_s"], p["unanswered"]]
             for who, group in (("workers", cloud), ("fleets", fleets))
             for change, p in (("join", group["rebalance"]["join"]), ("leave", group["rebalance"]["leave"]))]
     md += "## Rebalance pause (1 → 2 members and back, under a steady probe stream)\n\n"
-    md += table(["group", "change", "pause s", "worst probe latency s", "probe p50 before s", "unanswered"], rows)
+    md += table(["group", "change", "pause s", "worst probe latency s", "probe p50 before s",
+                 "settled after s (incl. process start)", "unanswered"], rows)
     return md + "\n"

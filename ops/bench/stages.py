@@ -47,6 +47,10 @@ STAGES: dict[str, tuple[tuple[str, str], ...]] = {
     "index (main thread)": (("agents/worker.py", "follow_user_vectors"),),
 }
 HARNESS = (("ops/bench/stages.py", "_until_quiet"),)
+# own time by where the code lives: the main thread's cost beside its stages
+PACKAGES = (("/faust/", "Faust"), ("/mode/", "mode (Faust's services)"), ("/aiokafka/", "aiokafka"),
+            ("asyncio", "asyncio event loop"), ("/msgpack/", "msgpack"), ("/agents/", "agents (ours)"),
+            ("/core/", "core (ours)"), ("/streams/", "streams (ours: schemas, codec)"), ("~", "C built-ins"))
 
 
 def say(msg: str) -> None:
@@ -71,7 +75,6 @@ def breakdown(plain: dict[str, Any], profiled: dict[str, Any]) -> dict[str, Any]
     main_us = plain["threads"]["main"] / events * 1e6
     shares = profiled["main_shares"]
     stages = {name: shares.get(name, 0.0) * main_us for name in STAGES}
-    stages["index (main thread)"] += 0.0
     stages["index thread"] = plain["threads"]["index"] / events * 1e6
     stages["Kafka fetch (consumer thread)"] = plain["threads"]["consumer"] / events * 1e6
     stages["Faust, acks, event loop (rest of main)"] = max(1.0 - sum(shares.get(n, 0.0) for n in STAGES), 0.0) * main_us
@@ -109,7 +112,8 @@ async def _run(base: Settings, scratch: Path, users: int, days: int, name: str, 
         await asyncio.sleep(idle_s)
         idle = _thread_cpu(ctx)
         idle_per_s = (sum(idle.values()) - sum(before.values())) / idle_s
-        profiler = cProfile.Profile() if profile else None
+        # the main thread's CPU time, not wall time: waiting in epoll is no stage's cost
+        profiler = cProfile.Profile(time.thread_time) if profile else None
         before = _thread_cpu(ctx)
         start = time.monotonic()
         if profiler:
@@ -170,17 +174,20 @@ async def _until_quiet(ctx: Any, envelopes: int, quiet_s: float = 1.5) -> float:
 
 def _thread_cpu(ctx: Any) -> dict[str, float]:
     """CPU seconds per thread of this process: main, consumer (Faust's Kafka thread), index, other."""
-    names = {t.native_id: t.name for t in threading.enumerate()}
+    # Faust runs its Kafka consumer as a service in a thread of its own (mode's WorkerThread)
+    names = {t.native_id: type(getattr(t, "service", t)).__name__ for t in threading.enumerate()}
     main = threading.main_thread().native_id
     index = ctx.index_pool.submit(threading.get_native_id).result()
     out = {"main": 0.0, "consumer": 0.0, "index": 0.0, "other": 0.0}
+    if os.environ.get("CODA_BENCH_DEBUG"):
+        say(f"threads: {sorted(names.values())}")
     for t in psutil.Process().threads():
         cpu = t.user_time + t.system_time
         if t.id == main:
             out["main"] += cpu
         elif t.id == index:
             out["index"] += cpu
-        elif "Consumer" in names.get(t.id, "") or "consumer" in names.get(t.id, ""):
+        elif "Consumer" in names.get(t.id, ""):
             out["consumer"] += cpu
         else:
             out["other"] += cpu
@@ -210,6 +217,11 @@ def _shares(profiler: cProfile.Profile) -> tuple[dict[str, float], list[dict[str
     harness = cum(HARNESS)
     base = max(total - harness, 1e-9)
     shares = {name: cum(targets) / base for name, targets in STAGES.items()}
+    by_package: dict[str, float] = {}
+    for (file, _, _), v in raw.items():
+        package = next((name for part, name in PACKAGES if part in file), "other Python")
+        by_package[package] = by_package.get(package, 0.0) + v[2] / base
+    shares["by_package"] = dict(sorted(by_package.items(), key=lambda kv: -kv[1]))  # type: ignore[assignment]
     top = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:25]
     listing = [{"function": f"{Path(file).name}:{line}:{func}", "calls": v[1], "tottime_share": v[2] / base,
                 "cumtime_share": v[3] / base} for (file, line, func), v in top]
@@ -230,6 +242,10 @@ def _markdown(r: dict[str, Any]) -> str:
     rows = [[name, us, us / r["cpu_us_per_event"]] for name, us in r["stages_us_per_event"].items()]
     md += table(["stage", "µs CPU / event", "share"], rows) + "\n\n"
     rows = [[f["function"], f["calls"], f["tottime_share"], f["cumtime_share"]] for f in r["top_functions"][:15]]
+    rows = [[name, share, share * r["runs"]["plain"]["threads"]["main"] / r["events"] * 1e6]
+            for name, share in r["main_thread_shares"]["by_package"].items()]
+    md += "Main thread, own time by where the code lives (profiled run):\n\n"
+    md += table(["code", "share of main thread", "µs / event"], rows) + "\n\n"
     md += "Main thread, top functions by own time (profiled run):\n\n"
     md += table(["function", "calls", "own share", "cumulative share"], rows) + "\n"
     return md
