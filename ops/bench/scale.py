@@ -53,7 +53,7 @@ class Sizes:
     settle_s: float  # seconds of steady probes before and after each membership change
 
 
-FULL = Sizes(users=1500, days=4, devices=600, probe_rate=10.0, settle_s=8.0)
+FULL = Sizes(users=1000, days=4, devices=400, probe_rate=10.0, settle_s=5.0)
 QUICK = Sizes(users=120, days=2, devices=40, probe_rate=5.0, settle_s=2.0)
 
 
@@ -353,7 +353,7 @@ async def _fleets(base: Settings, scratch: Path, sizes: Sizes, counts: Sequence[
     from ops.bench import fleet
 
     devices, payloads = fleet._job(base, sizes.devices)
-    probes, _ = fleet._job(base, int(sizes.probe_rate * sizes.settle_s * 4) + 200)  # fresh devices
+    probes, _ = fleet._job(base, int(sizes.probe_rate * 150) + 100)  # fresh devices: one per probe
     probes = [(f"probe-{d}", e) for d, e in probes]
     runs = {}
     rebalance: dict[str, Any] = {}

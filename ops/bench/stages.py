@@ -179,8 +179,6 @@ def _thread_cpu(ctx: Any) -> dict[str, float]:
     main = threading.main_thread().native_id
     index = ctx.index_pool.submit(threading.get_native_id).result()
     out = {"main": 0.0, "consumer": 0.0, "index": 0.0, "other": 0.0}
-    if os.environ.get("CODA_BENCH_DEBUG"):
-        say(f"threads: {sorted(names.values())}")
     for t in psutil.Process().threads():
         cpu = t.user_time + t.system_time
         if t.id == main:
@@ -241,11 +239,11 @@ def _markdown(r: dict[str, Any]) -> str:
           "Main-thread stages are cProfile shares of a second run × the unprofiled main-thread CPU.\n\n")
     rows = [[name, us, us / r["cpu_us_per_event"]] for name, us in r["stages_us_per_event"].items()]
     md += table(["stage", "µs CPU / event", "share"], rows) + "\n\n"
-    rows = [[f["function"], f["calls"], f["tottime_share"], f["cumtime_share"]] for f in r["top_functions"][:15]]
     rows = [[name, share, share * r["runs"]["plain"]["threads"]["main"] / r["events"] * 1e6]
             for name, share in r["main_thread_shares"]["by_package"].items()]
     md += "Main thread, own time by where the code lives (profiled run):\n\n"
     md += table(["code", "share of main thread", "µs / event"], rows) + "\n\n"
     md += "Main thread, top functions by own time (profiled run):\n\n"
+    rows = [[f["function"], f["calls"], f["tottime_share"], f["cumtime_share"]] for f in r["top_functions"][:15]]
     md += table(["function", "calls", "own share", "cumulative share"], rows) + "\n"
     return md
