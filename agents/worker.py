@@ -12,14 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import faust
+from aiokafka import TopicPartition
 
 from agents import assemble, ingest, match, vectors
 from agents.context import CloudContext
 from agents.index import UserPoint, open_index
 from streams import codec  # noqa: F401 - registers the "coda" codec used by tables
 from streams.app import create_app
-from aiokafka import TopicPartition
-
 from streams.kafka import committed_offsets, consumer
 from streams.logs import logging_config
 from streams.metrics import Metrics, consumer_lag, metrics_port
@@ -86,6 +85,8 @@ def build_worker(settings: Settings, worker_id: str = "0", topics: Topics | None
 def stats(ctx: CloudContext) -> dict[str, object]:
     out: dict[str, object] = {name: c.as_dict() for name, c in ctx.counters.items()}
     out["dead_letter_reasons"] = dict(ctx.letters.counts) if ctx.letters else {}
+    up = ctx.topics.name("up")  # co-partitioned: the worker's partitions of every stream topic
+    out["partitions"] = sorted(tp.partition for tp in ctx.app.assignor.assigned_actives() if tp.topic == up)
     return out
 
 

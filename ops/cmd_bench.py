@@ -9,13 +9,15 @@ from pathlib import Path
 
 from streams.settings import Settings
 
-SUITES = ("ingest", "match", "device", "e2e", "fleet", "scale")
+SUITES = ("ingest", "match", "device", "e2e", "fleet", "scale", "stages", "capacity")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suite", choices=SUITES)
     parser.add_argument("--out", type=Path, help="JSON file (default out/bench/<suite>.json); .md beside it")
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI smoke runs")
+    parser.add_argument("--from", dest="sources", type=Path, action="append",
+                        help="capacity: a bench JSON to take unit costs from (repeatable: scale, stages, fleet, match, device)")
     parser.add_argument("--large", action="store_true", help="match: add 1M users; fleet: add a 10,000-device daily cycle in one fleet (both long)")
 
 
@@ -26,6 +28,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     kwargs = {"settings": settings} if "settings" in names else {}
     if "large" in names:
         kwargs["large"] = args.large
+    if "sources" in names:
+        kwargs["sources"] = args.sources
     module.run(out, args.quick, **kwargs)
     print(out.with_suffix(".md").read_text())
     print(f"wrote {out}")

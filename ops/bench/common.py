@@ -8,10 +8,12 @@ import os
 import platform
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from streams.settings import Settings
 
@@ -65,3 +67,48 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+@dataclass
+class Usage:
+    """RSS and CPU seconds of some processes and their children, sampled over a run."""
+
+    procs: list[psutil.Process]
+    rss0: int = 0
+    peak: int = 0
+    cpu0: float = 0.0
+
+    def start(self) -> None:
+        self.rss0 = self.peak = self.rss()
+        self.cpu0 = self.cpu()
+
+    def tree(self) -> list[psutil.Process]:
+        out: dict[int, psutil.Process] = {}  # by pid: a child of one listed process may be listed too
+        for p in self.procs:
+            try:
+                out.update((q.pid, q) for q in (p, *p.children(recursive=True)))
+            except psutil.NoSuchProcess:
+                continue
+        return list(out.values())
+
+    def rss(self) -> int:
+        return sum(_safe(lambda q=q: q.memory_info().rss) for q in self.tree())
+
+    def cpu(self) -> float:
+        return sum(_safe(lambda q=q: sum(q.cpu_times()[:2])) for q in self.tree())
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self.rss())
+
+    def report(self, devices: int, seconds: float) -> dict[str, Any]:
+        return {"devices_timed": devices, "devices_per_s": devices / seconds, "seconds": seconds,
+                "cpu_s_per_device": (self.cpu() - self.cpu0) / devices,
+                "rss_mb_before": self.rss0 / 2**20, "rss_mb_peak": self.peak / 2**20,
+                "mb_per_device": (self.peak - self.rss0) / 2**20 / devices}
+
+
+def _safe(read: Any) -> float:
+    try:
+        return float(read())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0.0

@@ -1,0 +1,112 @@
+"""`coda bench`: the capacity model from a tiny JSON, and the smoke runs of `scale` and `ingest --quick`.
+
+The smoke runs use the real embedded broker and assert structure and sanity, never speed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ops.bench import capacity, scale
+from streams.settings import Settings
+
+TINY_SCALE = {
+    "suite": "scale",
+    "cloud_workers": {"runs": {"1": {"cpu_us_per_event": 120.0, "cpu_us_per_event_less_idle": 110.0,
+                                     "broker_bytes_per_event": 900.0}}},
+    "fleets": {"runs": {"1": {"cpu_s_per_device": 0.07, "mb_per_device": 0.02}}},
+}
+
+
+def _bench(settings: Settings, tmp_path: Path, suite: str) -> dict[str, Any]:
+    """`coda bench SUITE --quick` against the session broker, in a child process; its JSON."""
+    out = tmp_path / f"{suite}.json"
+    env = {**os.environ, **settings.to_env()}
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "bench", suite, "--quick", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=500, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.read_text())
+    assert result["suite"] == suite and result["machine"]["load_avg"]
+    return result
+
+
+def test_capacity_tables_from_a_tiny_json(tmp_path: Path) -> None:
+    """`coda bench capacity --from FILE` takes the unit costs it finds there and names their source."""
+    src = tmp_path / "scale.json"
+    src.write_text(json.dumps(TINY_SCALE))
+    result = capacity.run(tmp_path / "capacity.json", False, [src])
+    assert result["unit_costs"]["cloud_cpu_us_per_event"] == 110.0  # idle timers left out
+    assert result["sources"]["broker_bytes_per_event"] == str(src)
+    assert result["sources"]["match_cpu_ms"] == capacity.DOCS
+    rows = result["rows"]
+    assert [r["devices"] for r in rows] == list(capacity.DEVICES)
+    for small, big in itertools.pairwise(rows):  # ten times the devices, ten times the traffic
+        assert big["events_per_s_mean"] == pytest.approx(10 * small["events_per_s_mean"])
+        assert big["worker_processes"] >= small["worker_processes"]
+        assert big["index_gb_per_replica"] == pytest.approx(10 * small["index_gb_per_replica"])
+    assert rows[0]["index"] == "per-worker Edge replica"
+    assert rows[-1]["index"] == "Qdrant distributed mode" and rows[-1]["qdrant_shards"] >= 1
+    assert rows[0]["devices"] < result["replica_crossover_devices"] < rows[-1]["devices"]
+    md = (tmp_path / "capacity.md").read_text()
+    assert "| per component | 1M | 10M | 100M |" in md
+
+
+def test_capacity_without_a_source_says_so(tmp_path: Path) -> None:
+    """Without --from there is nothing to model: a usage error, not made-up figures."""
+    with pytest.raises(SystemExit):
+        capacity.run(tmp_path / "c.json", False, [])
+
+
+def test_pause_is_worst_latency_after_the_change_over_the_median_before() -> None:
+    """A probe never answered counts as answered at the end of its window."""
+    probes = [(0.0, 0.1), (1.0, 0.1), (2.0, 0.3), (3.0, 2.5), (4.0, None)]
+    p = scale.pause(probes, at=2.0, until=5.0)
+    assert p["baseline_p50_s"] == pytest.approx(0.1)
+    assert p["worst_latency_s"] == pytest.approx(2.5)
+    assert p["pause_s"] == pytest.approx(2.4)
+    assert p["unanswered"] == 1 and p["probes"] == 3
+    assert scale.balance([10, 10]) == 1.0 and scale.balance([15, 5]) == 1.5 and scale.balance([]) is None
+
+
+@pytest.mark.smoke
+def test_bench_scale_quick(settings: Settings, tmp_path: Path) -> None:
+    """`coda bench scale --quick`: CPU per unit, balance and rebalance pauses for 1 and 2 members."""
+    r = _bench(settings, tmp_path, "scale")
+    assert r["cpus"] == os.cpu_count()
+    cloud, fleets = r["cloud_workers"], r["fleets"]
+    assert set(cloud["runs"]) == set(fleets["runs"]) == {"1", "2"}
+    for n, w in cloud["runs"].items():
+        assert w["workers"] == int(n) and len(w["envelopes_by_member"]) == int(n)
+        assert sum(w["envelopes_by_member"]) == cloud["envelopes"]  # every envelope by exactly one member
+        assert w["cpu_us_per_event"] > 0 and w["events_per_s"] > 0 and w["cpu_efficiency"] > 0
+        if w["partitions_by_member"]:  # as the broker describes the group
+            assert sorted(p for member in w["partitions_by_member"] for p in member) == list(range(8))
+    assert cloud["runs"]["1"]["cpu_efficiency"] == 1.0 and cloud["runs"]["1"]["broker_bytes_per_event"] > 0
+    for n, f in fleets["runs"].items():
+        assert f["processes"] == int(n) and sum(f["devices_by_member"]) == fleets["devices"]
+        assert sorted(p for member in f["partitions_by_member"] for p in member) == list(range(8))
+        assert f["cpu_ms_per_device"] > 0 and f["cpu_efficiency"] > 0
+    for group in (cloud, fleets):
+        for change in ("join", "leave"):
+            pause = group["rebalance"][change]
+            assert pause["probes"] > 0 and pause["pause_s"] >= 0 and pause["worst_latency_s"] > 0
+    assert "wall ratio" in (tmp_path / "scale.md").read_text()
+
+
+@pytest.mark.smoke
+def test_bench_ingest_quick(settings: Settings, tmp_path: Path) -> None:
+    """`coda bench ingest --quick`: the pipeline and both ceilings measured on the same envelopes."""
+    r = _bench(settings, tmp_path, "ingest")
+    assert r["events"] > 0
+    m = r["measurements"]
+    assert set(m) == {"pipeline-1", "raw-aiokafka+msgpack", "faust-noop"}
+    assert all(v["events_per_s"] > 0 and v["ratio_to_raw"] > 0 for v in m.values())
+    assert m["raw-aiokafka+msgpack"]["ratio_to_raw"] == 1.0
