@@ -40,7 +40,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {"default": SYNTHETIC_DEFAULTS, "drift": 
 # Device recipes: "paper" is the paper's Algorithms 1-3 as the settings' defaults give them;
 # "tuned" holds the choices `coda experiment --tune` made on history-only validation
 # (docs/experiments.md shows that run); either can be asked for on any dataset.
-RECIPES: dict[str, dict[str, Any]] = {"paper": {}, "tuned": {}}
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    # chosen on the drift scenario's history-only split (days 0-4 pool, 5-9 validation; the test
+    # days 10-19 unread): the signed-clicks user vector, the outcome-aware classifier and five
+    # passes of Algorithm 3 judged per pass — ΔGAUC coda − M0 +0.040 against −0.012 for the paper
+    "tuned": {"match_feature": "clicks", "classifier_input": "outcome", "gate": "epoch", "train_epochs": 5},
+}
 SCENARIO_HISTORY_SHARE = {"default": 0.6, "drift": 0.5}  # drift: the cut falls on its second change
 # K per dataset: the paper's 100 for MovieLens; on the synthetic data K must stay below a group's
 # size (400 users / 8 groups = 50), or even a perfect matcher fills K with other groups
