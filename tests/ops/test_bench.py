@@ -110,3 +110,19 @@ def test_bench_ingest_quick(settings: Settings, tmp_path: Path) -> None:
     assert set(m) == {"pipeline-1", "raw-aiokafka+msgpack", "faust-noop"}
     assert all(v["events_per_s"] > 0 and v["ratio_to_raw"] > 0 for v in m.values())
     assert m["raw-aiokafka+msgpack"]["ratio_to_raw"] == 1.0
+
+
+def test_stage_breakdown_adds_up_to_the_unprofiled_cpu() -> None:
+    """Main-thread shares times the unprofiled main-thread CPU, plus the other threads, is the whole."""
+    from ops.bench import stages
+
+    threads = {"main": 2.0, "consumer": 0.5, "index": 0.25, "other": 0.0}
+    plain = {"events": 10_000, "seconds": 4.0, "cpu_s": 2.75, "cpu_s_less_idle": 2.5, "threads": threads}
+    shares = {name: 0.1 for name in stages.STAGES}
+    profiled = {"main_shares": shares, "top": []}
+    r = stages.breakdown(plain, profiled)
+    us = r["stages_us_per_event"]
+    assert r["cpu_us_per_event"] == pytest.approx(275.0)
+    assert us["decode/validate"] == pytest.approx(20.0)  # 10 % of 200 µs of main thread an event
+    assert us["Kafka fetch (consumer thread)"] == pytest.approx(50.0) and us["index thread"] == pytest.approx(25.0)
+    assert sum(us.values()) == pytest.approx(r["cpu_us_per_event"])
