@@ -5,7 +5,7 @@ database and its models in its model store, loaded when a message needs them. Ev
 fleet's devices share (settings, the database pool, where torch jobs run, a small cache of
 loaded models, accounting) is the `Runtime`.
 
-Triggers (paper section 4.4, DESIGN.md):
+Triggers (paper section 4.4, docs/design.md):
 
 - `on_actions`: each new event → a local sample; it is scored with the current model *before*
   it becomes a training sample (progressive validation, table `evaluations`); the events go

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="directory for exports and summary")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--dataset", default="synthetic", help="synthetic (default) | movielens-100k")
+    source.add_argument("--dataset", default="synthetic", help="synthetic (default) | movielens-100k | instacart")
     source.add_argument("--events", type=Path, help="replay your own behaviour-event log (JSON Lines)")
     parser.add_argument("--users", type=int, default=200, help="synthetic: number of users")
     parser.add_argument("--days", type=int, default=8, help="synthetic: event-time days")

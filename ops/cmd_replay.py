@@ -15,7 +15,7 @@ from streams.settings import Settings
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", help="built-in dataset: movielens-100k | synthetic")
+    source.add_argument("--dataset", help="built-in dataset: movielens-100k | instacart | synthetic")
     source.add_argument("--events", type=Path, help="JSON Lines of behaviour events (see README)")
     source.add_argument("--from-topic", help="a historical topic (full name) carrying up-tunnel or action messages")
     parser.add_argument("--start-offset", type=int, help="first offset (per partition) of --from-topic")
