@@ -22,8 +22,8 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -544,7 +544,7 @@ def model_change(directory: Path) -> float:
     import torch
 
     from core.models import relative_change
-    from device.modelstore import ModelFile, ModelStore
+    from device.modelstore import ModelStore
 
     def weights(m: ModelFile) -> dict[str, torch.Tensor]:
         return torch.load(io.BytesIO(m.weights), weights_only=True)

@@ -23,7 +23,6 @@ from core.features import FeatureSpace, History, event_to_sample
 from core.globalmodel import train_global
 from core.models import DIN
 from core.sample import Sample
-
 from core.training import TrainConfig, model_for_space, predict, train_epochs
 from ops.experiment import EvalRow, Split
 from ops.offline import SAMPLE_ACTIONS, history_pool
