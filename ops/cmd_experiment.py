@@ -135,7 +135,7 @@ def run_experiment(settings: Settings, split: Any, params: Any, say: Any, offlin
     key = runs[0].pseudonym_key
     references, notes = _references(settings, split, params, say)
     results = expreport.analyse([*rows, *references], split, params, logs, key)
-    results["references"] = notes
+    results["reference_notes"] = notes
     results["engine"] = "streaming pipeline (broker, cloud worker, device fleet)"
     results["runs"] = [{"seed": r.seed, "namespace": r.namespace, "global_model": r.global_model,
                         "timings_s": {k: round(v, 1) for k, v in r.timings.items()}, "fleet": r.fleet_stats}
@@ -164,7 +164,7 @@ def run_batch(settings: Settings, split: Any, params: Any, say: Any) -> dict[str
                                        off.steps, off.model_change, schedules(settings.train_trigger), off.valid))
     references, notes = _references(settings, split, params, say)
     results = expreport.analyse([*rows, *references], split, params, logs, settings.pseudonym_key)
-    results["references"] = notes
+    results["reference_notes"] = notes
     results["engine"] = "offline reference (ops/offline.py), not the streaming pipeline"
     return results
 

@@ -482,6 +482,10 @@ def _headroom_lines(res: Mapping[str, Any]) -> list[str]:
            "generator's true click probabilities; own_future = each device's model fine-tuned on its own user's "
            "live events, cross-fitted (a reference, not a bound); group_oracle = the same on the live samples of "
            "the user's true group-mates (what perfect matching would give).", ""]
+    recipe = res.get("reference_notes", {}).get("recipe")
+    if recipe:
+        out += [f"Fine-tuning recipe of own_future and group_oracle: plain mini-batch Adam, no gate ({recipe}); "
+                f"computed in {res['reference_notes'].get('elapsed_s')} s.", ""]
     if hr.get("reference") is None:
         return [*out, hr["label"], ""]
     out += [f"Each row: {hr['label']}; users present in all three, ratio of means, 95% bootstrap CI over "
