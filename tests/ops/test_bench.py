@@ -31,7 +31,7 @@ def _bench(settings: Settings, tmp_path: Path, suite: str) -> dict[str, Any]:
     out = tmp_path / f"{suite}.json"
     env = {**os.environ, **settings.to_env()}
     done = subprocess.run([sys.executable, "-m", "ops.cli", "bench", suite, "--quick", "--out", str(out)], env=env,
-                          capture_output=True, text=True, timeout=500, check=False)
+                          capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(out.read_text())
     assert result["suite"] == suite and result["machine"]["load_avg"]
