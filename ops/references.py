@@ -13,12 +13,12 @@ The fine-tuning recipe is plain mini-batch Adam (no gate), recorded in the resul
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.arms import device_seed
 from core.features import FeatureSpace, History, event_to_sample
 from core.globalmodel import train_global
 from core.models import DIN
@@ -41,12 +41,8 @@ class Recipe:
     seed: int = 0
 
     def config(self, *parts: object) -> TrainConfig:
-        return TrainConfig(lr=self.lr, batch_size=self.batch_size, epochs=self.epochs, seed=_digest(self.seed, *parts))
-
-
-def _digest(*parts: object) -> int:
-    raw = ":".join(map(str, parts)).encode()
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=4).digest(), "big") & 0x7FFFFFFF
+        seed = device_seed(str(self.seed), *parts)
+        return TrainConfig(lr=self.lr, batch_size=self.batch_size, epochs=self.epochs, seed=seed)
 
 
 def live_samples(split: Split, space: FeatureSpace) -> dict[str, list[Sample]]:
@@ -69,7 +65,7 @@ def live_samples(split: Split, space: FeatureSpace) -> dict[str, list[Sample]]:
     return dict(out)
 
 
-def _rows(name: str, split: Split, samples: Sequence[Sample], scores: Sequence[float]) -> list[EvalRow]:
+def score_rows(name: str, split: Split, samples: Sequence[Sample], scores: Sequence[float]) -> list[EvalRow]:
     return [EvalRow(REFERENCE_SEED, name, x.user, x.ts // DAY - split.cut_day, x.ts, x.label, float(p), x.sample_id)
             for x, p in zip(samples, scores, strict=True)]
 
@@ -85,7 +81,7 @@ def oracle_rows(split: Split, by_user: Mapping[str, list[Sample]]) -> list[EvalR
     rows: list[EvalRow] = []
     for samples in by_user.values():
         known = [x for x in samples if (x.user, x.ts) in truth]
-        rows += _rows("oracle", split, known, [truth[(x.user, x.ts)][0] for x in known])
+        rows += score_rows("oracle", split, known, [truth[(x.user, x.ts)][0] for x in known])
     return rows
 
 
@@ -99,7 +95,7 @@ def own_future_rows(split: Split, by_user: Mapping[str, list[Sample]], m0: DIN, 
             if not score:
                 continue
             model = _tuned(m0, space, train, recipe.config("own", user, k))
-            rows += _rows("own_future", split, score, predict(model, score, space).tolist())
+            rows += score_rows("own_future", split, score, predict(model, score, space).tolist())
     return rows
 
 
@@ -112,7 +108,7 @@ def group_oracle_rows(split: Split, by_user: Mapping[str, list[Sample]], m0: DIN
             members[group].append(user)
     rows: list[EvalRow] = []
     for group, users in sorted(members.items()):
-        ordered = sorted(users, key=lambda u: _digest("fold", u))
+        ordered = sorted(users, key=lambda u: device_seed("fold", u))
         folds = (ordered[0::2], ordered[1::2])
         for k, (scored, others) in enumerate((folds, folds[::-1])):
             train = [x for u in others[:mates] for x in by_user[u]]
@@ -120,7 +116,8 @@ def group_oracle_rows(split: Split, by_user: Mapping[str, list[Sample]], m0: DIN
                 continue
             model = _tuned(m0, space, train, recipe.config("group", group, k))
             for user in scored:
-                rows += _rows("group_oracle", split, by_user[user], predict(model, by_user[user], space).tolist())
+                scores = predict(model, by_user[user], space).tolist()
+                rows += score_rows("group_oracle", split, by_user[user], scores)
     return rows
 
 

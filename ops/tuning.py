@@ -42,15 +42,12 @@ def history_split(split: Split, share: float) -> Split:
 def global_rows(split: Split, settings: Settings) -> list[EvalRow]:
     """M0's score of every live event (what the cloud arm serves): every arm pairs with it on all its users."""
     from core.training import predict
-    from ops.references import REFERENCE_SEED, global_model, live_samples
-    from ops.replay import DAY
+    from ops.references import global_model, live_samples, score_rows
 
     m0, space = global_model(split, settings), settings.features
-    rows = []
-    for user, samples in sorted(live_samples(split, space).items()):
-        for x, p in zip(samples, predict(m0, samples, space).tolist(), strict=True):
-            rows.append(EvalRow(REFERENCE_SEED, "global", user, x.ts // DAY - split.cut_day, x.ts, x.label, p,
-                                x.sample_id))
+    rows: list[EvalRow] = []
+    for _, samples in sorted(live_samples(split, space).items()):
+        rows += score_rows("global", split, samples, predict(m0, samples, space).tolist())
     return rows
 
 
