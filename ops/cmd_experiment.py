@@ -29,6 +29,10 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(","))
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="movielens-100k",
                         help="movielens-100k (default) | instacart | synthetic")
@@ -40,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(5 seeds put every user once in every arm)")
     parser.add_argument("--k", type=int, help="K nearest users (default: the paper's 100 on movielens-100k, "
                         "20 on synthetic, below its group size of 50)")
-    parser.add_argument("--sigma", type=float, default=0.2, help="filter threshold σ (paper: 0.2)")
+    parser.add_argument("--sigma", type=float, help="filter threshold σ (default: the recipe's; paper: 0.2)")
     parser.add_argument("--users", type=int, help="keep this many users (movielens: a hashed subset; "
                         "synthetic: generated users, default 400)")
     parser.add_argument("--history-share", type=float,
@@ -61,18 +65,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(1: one after another, leanest; default 3 fits the 20-minute budget on 2 cores)")
     parser.add_argument("--tune", action="store_true", help="score training-schedule variants on a split of "
                         "the history only (offline engine; never the test events)")
+    parser.add_argument("--tune-variants", type=_names, help="with --tune: only these variants, by name "
+                        "(comma-separated; default: all of ops.tuning.VARIANTS)")
     parser.add_argument("--engine", choices=("stream", "offline"), default="stream",
                         help="stream: the real pipeline (default); offline: the batch reference only "
                         "(minutes instead of tens of minutes; for sweeps and tuning)")
-    parser.add_argument("--recipe", default="paper", choices=("paper", "tuned"),
+    parser.add_argument("--recipe", choices=("paper", "tuned"),
                         help="device settings: paper (Algorithms 1-3 as published) | tuned (the choices "
-                        "`--tune` made on history-only validation; see docs/experiments.md)")
+                        "`--tune` made on the drift scenario's history-only validation; see docs/experiments.md). "
+                        "Default: tuned for --scenario drift, where it was chosen; paper elsewhere")
     parser.add_argument("--keep-state", action="store_true", help="keep each seed's device databases")
     parser.add_argument("--index-url", default="", help="vector index for the runs (default: the settings')")
 
 
 def params_from(args: argparse.Namespace) -> Any:
-    from ops.experiment import DEFAULT_K, Params
+    from ops.experiment import DEFAULT_K, DEFAULT_RECIPE, Params
 
     quick = QUICK.get(args.dataset, {}) if args.quick else {}
     seeds = quick.get("seeds", args.seeds)
@@ -84,7 +91,8 @@ def params_from(args: argparse.Namespace) -> Any:
                   users=args.users or quick.get("users"), history_share=share,
                   live_days=args.live_days or quick.get("live_days"),
                   top_n=args.top_n or (1 if args.dataset == "synthetic" else 3),
-                  bootstrap=args.replicates, index_url=args.index_url, recipe=args.recipe)
+                  bootstrap=args.replicates, index_url=args.index_url,
+                  recipe=args.recipe or DEFAULT_RECIPE.get(args.scenario, "paper"))
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -104,9 +112,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.sweep:
         results["sweep"] = sweep(settings, split, params, say, args.sweep_k, args.sweep_sigma)
     if args.tune:
-        from ops.tuning import tune
+        from ops.tuning import tune, variants_named
 
-        results["tune"] = tune(settings, split, params, say)
+        results["tune"] = tune(settings, split, params, say, variants_named(args.tune_variants))
     results["elapsed_s"] = round(time.monotonic() - t0, 1)
     from ops import expreport
 

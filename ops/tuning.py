@@ -8,7 +8,7 @@ from typing import Any
 
 from core.arms import ARMS
 from ops import abtest
-from ops.experiment import EvalRow, Params, Split
+from ops.experiment import PAPER_SIGMA, EvalRow, Params, Split
 from ops.offline import run_offline
 from streams.settings import Settings
 
@@ -16,17 +16,34 @@ _CLICKS = {"match_feature": "clicks"}
 _OUTCOME = {**_CLICKS, "classifier_input": "outcome"}
 _EPOCHS = {**_OUTCOME, "gate": "epoch", "train_epochs": 5}
 # (name, settings changes): the paper, then one stage of the funnel at a time — the matching
-# feature, the classifier's input, the gate and passes of Algorithm 3, its validation window —
-# and the earlier variants (fewer personalized parameters, the one-class gate).
+# feature, the classifier's input, the gate and passes of Algorithm 3, the filter's threshold σ,
+# its validation window, a larger mini-batch (cheaper) — and the earlier variants (fewer
+# personalized parameters, the one-class gate).
 VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("paper", {}),
     ("clicks", _CLICKS),
     ("clicks+outcome", _OUTCOME),
     ("clicks+outcome+epoch5", _EPOCHS),
+    ("clicks+outcome+epoch5+sigma=0.1", {**_EPOCHS, "sigma": 0.1}),
+    ("clicks+outcome+epoch5+sigma=0.05", {**_EPOCHS, "sigma": 0.05}),
+    ("clicks+outcome+epoch5+sigma=0.02", {**_EPOCHS, "sigma": 0.02}),
+    ("clicks+outcome+epoch3+sigma=0.05", {**_EPOCHS, "train_epochs": 3, "sigma": 0.05}),
+    ("clicks+outcome+epoch5+batch64", {**_EPOCHS, "train_batch": 64, "device_learning_rate": 0.015}),
     ("clicks+outcome+epoch5+t1", {**_EPOCHS, "lifecycle_t_days": 1}),
     ("personalize=mlp", {"personalize": "mlp"}),
     ("one_class_gate=skip", {"one_class_gate": "skip"}),
 )
+
+
+def variants_named(names: Sequence[str] | None) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """The VARIANTS called `names`, in that order (None: all); an unknown name lists the known ones."""
+    if names is None:
+        return VARIANTS
+    known = dict(VARIANTS)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown tuning variant {', '.join(unknown)}: expected one of {', '.join(known)}")
+    return tuple((n, known[n]) for n in names)
 
 
 def history_split(split: Split, share: float) -> Split:
@@ -55,8 +72,10 @@ def tune(settings: Settings, split: Split, params: Params, say: Callable[[str], 
          variants: Sequence[tuple[str, dict[str, Any]]] = VARIANTS) -> dict[str, Any]:
     """Each variant's arms against M0 on the same users and events, on the history-only split (offline engine).
 
-    The variant with the best CoDA − M0 GAUC is `chosen`; nothing here reads a test event.
+    The variant with the best CoDA − M0 GAUC is `chosen`; nothing here reads a test event. Variants
+    are changes to the paper's recipe (σ included), whatever recipe or σ the run itself was given.
     """
+    params = replace(params, recipe="paper", sigma=PAPER_SIGMA)
     inner = history_split(split, params.history_share)
     out: dict[str, Any] = {"split": {"cut_day": inner.cut_day, "history_days": len(inner.history),
                                      "live_days": len(inner.live)}, "variants": []}

@@ -176,6 +176,8 @@ def test_write_makes_the_report_the_forest_plot_and_the_targets(results: dict[st
     assert len(targets) == 6
     assert targets["the run finishes in ≤ 15 minutes"]["met"] is True
     assert all(t["met"] in (True, False) for t in targets.values())
+    coda_vs_local = targets["CoDA − local ≥ +0.02 GAUC, 95 % CI above zero"]
+    assert coda_vs_local["met_user_day"] in (True, False) and "per user-day" in coda_vs_local["figure"]
     md = (tmp_path / "report.md").read_text()
     for section in ("## Targets of the known-answer experiment", "## References and headroom",
                     "## Mechanism funnel", "## Schedules", "![forest.png](forest.png)"):
