@@ -15,6 +15,7 @@ from aiokafka.partitioner import murmur2
 
 from streams.app import topic
 from streams.deadletter import DeadLetters
+from streams.internals import changelog_callback
 from streams.schemas import Record, SchemaError, decode, encode
 from streams.settings import Settings
 from streams.topics import Topics
@@ -69,7 +70,7 @@ async def drop(table: faust.Table, partition: int, key: bytes) -> None:
 
 async def _send_changelog(table: faust.Table, partition: int, key: bytes, value: Record | None,
                           serializer: str) -> None:
-    on_sent = table._on_changelog_sent  # noqa: SLF001 - what Faust's own table writes call back
+    on_sent = changelog_callback(table)
     await table.changelog_topic.send(key=key, value=value, partition=partition, key_serializer="raw",
                                      value_serializer=serializer, callback=on_sent)
 

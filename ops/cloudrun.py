@@ -46,7 +46,7 @@ class CloudRun:
         await pub.up(plan)
         if first:
             for raw in self.garbage:
-                await pub._producer.send(self.topics.name("up"), raw, key=b"fuzz")  # noqa: SLF001
+                await pub.send_raw("up", b"fuzz", raw)
         await barrier(self.settings, self.topics, self.workers, False, procs)
         await pub.day_end("samples", plan.day)
         await barrier(self.settings, self.topics, self.workers, False, procs)

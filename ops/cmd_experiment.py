@@ -6,6 +6,8 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,17 @@ QUICK = {"movielens-100k": {"users": 300, "seeds": 2}, "synthetic": {"users": 12
          "instacart": {"users": 200, "seeds": 2, "live_days": 30}}
 SWEEP_K = (10, 30, 100)
 SWEEP_SIGMA = (0.05, 0.2, 0.5)
+Phases = dict[str, float]
+
+
+@contextmanager
+def phase(phases: Phases, name: str) -> Iterator[None]:
+    """Add the wall time of the block to `phases[name]` (printed at the end, kept in results.json)."""
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        phases[name] = round(phases.get(name, 0.0) + time.monotonic() - t0, 1)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -101,31 +114,39 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     say = stderr_say("experiment")
     params = params_from(args)
     t0 = time.monotonic()
-    split = prepare(params)
+    phases: Phases = {}
+    with phase(phases, "prepare"):
+        split = prepare(params)
     say(f"{split.name}: {len(split.history)} history days, {len(split.live)} live days, "
         f"{len(split.live_users)} live users; seeds {list(params.seeds)}")
     if args.engine == "offline":
-        results = run_batch(settings, split, params, say)
+        results = run_batch(settings, split, params, say, phases)
     else:
         results = run_experiment(settings, split, params, say, args.offline, args.keep_state, args.parallel,
-                                 args.out)
+                                 args.out, phases)
     if args.sweep:
-        results["sweep"] = sweep(settings, split, params, say, args.sweep_k, args.sweep_sigma)
+        with phase(phases, "sweep"):
+            results["sweep"] = sweep(settings, split, params, say, args.sweep_k, args.sweep_sigma)
     if args.tune:
         from ops.tuning import tune, variants_named
 
-        results["tune"] = tune(settings, split, params, say, variants_named(args.tune_variants))
-    results["elapsed_s"] = round(time.monotonic() - t0, 1)
+        with phase(phases, "tune"):
+            results["tune"] = tune(settings, split, params, say, variants_named(args.tune_variants))
     from ops import expreport
 
-    expreport.write(results, args.out, results.pop("offline", None))
-    say(f"done in {results['elapsed_s']} s: {args.out / 'report.md'}")
+    with phase(phases, "report"):
+        results["elapsed_s"] = round(time.monotonic() - t0, 1)  # the run's figure: report writing excluded
+        results["phases_s"] = phases
+        expreport.write(results, args.out, results.pop("offline", None))
+    say(f"done in {results['elapsed_s']} s (+ {phases['report']} s writing the report): {args.out / 'report.md'}; "
+        + ", ".join(f"{k} {v} s" for k, v in phases.items()))
     print(json.dumps(headline(results), indent=1))
     return 0
 
 
 def run_experiment(settings: Settings, split: Any, params: Any, say: Any, offline: bool = False,
-                   keep_state: bool = False, parallel: int = 1, out: Path | None = None) -> dict[str, Any]:
+                   keep_state: bool = False, parallel: int = 1, out: Path | None = None,
+                   phases: Phases | None = None) -> dict[str, Any]:
     """Streaming runs for every seed, then the analysis (and the offline agreement if asked).
 
     With `out`, every device's evaluation rows are exported to out/evaluations/seed-<s>.jsonl.gz.
@@ -134,15 +155,20 @@ def run_experiment(settings: Settings, split: Any, params: Any, say: Any, offlin
     from ops import expreport
     from ops.experiment import eval_rows, run_streaming
 
-    runs = run_streaming(settings, split, params, say, keep_state, parallel=parallel)
-    if out is not None:
-        for run in runs:
-            write_evaluations(run.devices, out / "evaluations" / f"seed-{run.seed}.jsonl.gz")
-    rows = [r for run in runs for r in eval_rows(run.seed, run.devices, split.cut_day)]
-    logs = [stream_logs(run, settings.train_trigger) for run in runs]
+    phases = {} if phases is None else phases
+    with phase(phases, "pipelines"):
+        runs = run_streaming(settings, split, params, say, keep_state, parallel=parallel)
+    with phase(phases, "export"):
+        if out is not None:
+            for run in runs:
+                write_evaluations(run.devices, out / "evaluations" / f"seed-{run.seed}.jsonl.gz")
+        rows = [r for run in runs for r in eval_rows(run.seed, run.devices, split.cut_day)]
+        logs = [stream_logs(run, settings.train_trigger) for run in runs]
     key = runs[0].pseudonym_key
-    references, notes = _references(settings, split, params, say)
-    results = expreport.analyse([*rows, *references], split, params, logs, key)
+    with phase(phases, "references"):
+        references, notes = _references(settings, split, params, say)
+    with phase(phases, "analysis"):
+        results = expreport.analyse([*rows, *references], split, params, logs, key)
     results["reference_notes"] = notes
     results["engine"] = "streaming pipeline (broker, cloud worker, device fleet)"
     results["runs"] = [{"seed": r.seed, "namespace": r.namespace, "global_model": r.global_model,
@@ -152,26 +178,32 @@ def run_experiment(settings: Settings, split: Any, params: Any, say: Any, offlin
         from ops.offline import run_offline
 
         off_rows = []
-        for seed in params.seeds:
-            off = run_offline(split, params.settings_for(settings, "offline", seed), seed, params.global_seed)
-            off_rows += off.rows
-        results["offline"] = expreport.agreement(rows, off_rows)
+        with phase(phases, "offline engine"):
+            for seed in params.seeds:
+                off = run_offline(split, params.settings_for(settings, "offline", seed), seed, params.global_seed)
+                off_rows += off.rows
+            results["offline"] = expreport.agreement(rows, off_rows)
     return results
 
 
-def run_batch(settings: Settings, split: Any, params: Any, say: Any) -> dict[str, Any]:
+def run_batch(settings: Settings, split: Any, params: Any, say: Any, phases: Phases | None = None) -> dict[str, Any]:
     """The same analysis from the offline reference alone (labelled as such in the results)."""
     from ops import expreport
     from ops.offline import run_offline
 
+    phases = {} if phases is None else phases
     rows, logs = [], []
-    for seed in params.seeds:
-        off = run_offline(split, params.settings_for(settings, "offline", seed), seed, params.global_seed, say)
-        rows += off.rows
-        logs.append(expreport.SeedLogs(seed, off.arms, off.users, off.kept, off.batch_log, off.matches, off.trains,
-                                       off.steps, off.model_change, schedules(settings.train_trigger), off.valid))
-    references, notes = _references(settings, split, params, say)
-    results = expreport.analyse([*rows, *references], split, params, logs, settings.pseudonym_key)
+    with phase(phases, "offline engine"):
+        for seed in params.seeds:
+            off = run_offline(split, params.settings_for(settings, "offline", seed), seed, params.global_seed, say)
+            rows += off.rows
+            logs.append(expreport.SeedLogs(seed, off.arms, off.users, off.kept, off.batch_log, off.matches,
+                                           off.trains, off.steps, off.model_change,
+                                           schedules(settings.train_trigger), off.valid))
+    with phase(phases, "references"):
+        references, notes = _references(settings, split, params, say)
+    with phase(phases, "analysis"):
+        results = expreport.analyse([*rows, *references], split, params, logs, settings.pseudonym_key)
     results["reference_notes"] = notes
     results["engine"] = "offline reference (ops/offline.py), not the streaming pipeline"
     return results
@@ -230,4 +262,4 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             for arm in results["arms"]}
     lifts = {name: {m: lift.get(m, {}).get("value") if isinstance(lift.get(m), dict) else None
                     for m in ("gauc", "ctr_top")} for name, lift in results["lifts"].items()}
-    return {"arms": arms, "lifts": lifts, "elapsed_s": results.get("elapsed_s")}
+    return {"arms": arms, "lifts": lifts, "elapsed_s": results.get("elapsed_s"), "phases_s": results.get("phases_s")}

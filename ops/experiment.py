@@ -287,7 +287,9 @@ class DayBarrier:
 
         await self.probe.__aenter__()
         await self._ends.start()
-        await self._ends._client.force_metadata_update()  # noqa: SLF001 - as streams.kafka.end_offsets
+        from streams.internals import refresh_metadata
+
+        await refresh_metadata(self._ends)
         self._parts = [TopicPartition(t, p) for t in self.probe.topics
                        for p in sorted(self._ends.partitions_for_topic(t) or ())]
         return self
@@ -300,8 +302,8 @@ class DayBarrier:
         reported = await self._ends.end_offsets(self._parts)
         for group, names in self.probe.subscriptions.items():
             mine = {tp for tp in reported if tp.topic in names}
-            found = await self.probe._groups[group]._coordinator.fetch_committed_offsets(mine)  # noqa: SLF001
-            if any(reported[tp] > max(found[tp].offset if tp in found else 0, 0) for tp in mine):
+            found = await self.probe.committed(group, mine)
+            if any(reported[tp] > max(found[tp], 0) for tp in mine):
                 return True
         return False
 

@@ -342,12 +342,21 @@ def _verdict(lift: Mapping[str, Any], metric: str, higher_better: bool = True) -
     return "no significant difference"
 
 
+def _phase_lines(res: Mapping[str, Any]) -> list[str]:
+    """Where the wall time went, phase by phase (the report's own writing is the last, partial figure)."""
+    phases = res.get("phases_s")
+    if not phases:
+        return []
+    return ["Wall time by phase: " + ", ".join(f"{k} {v} s" for k, v in phases.items()) + ".", ""]
+
+
 def report_md(res: Mapping[str, Any], figures: Sequence[str], offline: Mapping[str, Any] | None = None) -> str:
     d, p = res["data"], res["params"]
     lines = [f"# CoDA experiment: {d['dataset']}", "",
              f"Engine: {res.get('engine', 'streaming pipeline')}. Seeds {res['seeds']}, K = {p['k']}, "
              f"σ = {p['sigma']}, top-{p['top_n']} for the online analogues, {p['bootstrap']} bootstrap replicates"
              + (f", {res['elapsed_s']} s wall." if "elapsed_s" in res else "."), "",
+             *_phase_lines(res),
              "## Data and split", "",
              f"Global time split at day {d['cut_day']}: {d['history_days']} history days "
              f"({d['history_events']} events) form the cloud's pool and train the global model; "

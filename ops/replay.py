@@ -85,6 +85,14 @@ class Publisher:
     async def send(self, topic: str, key: bytes, record: Record, partition: int | None = None) -> None:
         await self._producer.send(self.topics.name(topic), encode(record), key=key, partition=partition)
 
+    async def send_raw(self, topic: str, key: bytes, value: bytes) -> None:
+        """Bytes as they are, no schema (chaos runs feed malformed messages this way)."""
+        await self._producer.send(self.topics.name(topic), value, key=key)
+
+    async def flush(self) -> None:
+        """Out now, not at the next linger."""
+        await self._producer.flush()
+
     async def actions(self, plan: DayPlan) -> None:
         """The user's side: each device's events of the day, keyed by the device's pseudonym."""
         for device, events in plan.by_device:

@@ -7,6 +7,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from aiokafka import TopicPartition
+
+from streams.internals import fetch_committed
 from streams.kafka import consumer, end_offsets
 from streams.schemas import Record, SchemaError, decode
 from streams.settings import Settings
@@ -80,9 +83,13 @@ class LagProbe:
         total = 0
         for group, names in self.subscriptions.items():
             mine = {tp for tp in ends if tp.topic in names}
-            found = await self._groups[group]._coordinator.fetch_committed_offsets(mine)  # noqa: SLF001
-            total += sum(max(0, ends[tp] - max(found[tp].offset if tp in found else 0, 0)) for tp in mine)
+            found = await self.committed(group, mine)
+            total += sum(max(0, ends[tp] - max(found[tp], 0)) for tp in mine)
         return total
+
+    async def committed(self, group: str, parts: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """`group`'s committed offset of each of `parts` (-1: none), through this probe's consumer."""
+        return await fetch_committed(self._groups[group], parts)
 
 async def wait_quiet(settings: Settings, subscriptions: Mapping[str, Sequence[str]], timeout_s: float = 600,
                      poll_s: float = 0.2, stable_polls: int = 2) -> float:

@@ -11,6 +11,7 @@ from faust.auth import SASLCredentials, SSLCredentials
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from streams.internals import changelog_topics, fetch_positions, set_fetch_max_wait, worker_consumer
 from streams.kafka import bootstrap_servers, consumer, read_last_batches, ssl_context
 from streams.settings import Settings
 from streams.topics import Topics, load_topics
@@ -23,7 +24,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.app.conf.coda_fetch_max_wait_ms  # noqa: SLF001 - read at start()
+        set_fetch_max_wait(consumer, self.app.conf.coda_fetch_max_wait_ms)
         return consumer
 
     async def _highwaters(self, partitions: Any) -> Any:
@@ -144,18 +145,13 @@ class _Consumer(faust_aiokafka.Consumer):
             await self.seek(tp, want)
 
     def _fetch_positions(self) -> dict[Any, int]:
-        """The aiokafka fetch position of each assigned partition (empty if it cannot be read)."""
-        try:
-            client = self._thread._ensure_consumer()  # noqa: SLF001
-            assignment = client._subscription.subscription.assignment  # noqa: SLF001
-            states = {tp: assignment.state_value(tp) for tp in assignment.tps}
-        except (AttributeError, KeyError, TypeError):  # not started, no assignment, another aiokafka
-            return {}
-        return {tp: state.position for tp, state in states.items() if state.has_valid_position}
+        """The aiokafka fetch position of each assigned partition ({} before an assignment; a changed
+        aiokafka raises `InternalChanged` instead of switching the guard off)."""
+        return fetch_positions(worker_consumer(self))
 
     def _guarded(self, tp: Any) -> bool:
         """Stream topics only: changelogs (compacted on a real Kafka) may have genuine gaps."""
-        return tp.topic not in self.app.tables._changelogs  # noqa: SLF001
+        return tp.topic not in changelog_topics(self.app)
 
 
 class Transport(faust_aiokafka.Transport):

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from streams.internals import fetch_committed, refresh_metadata
 from streams.settings import Settings
 from streams.topics import Topics, TopicSpec
 
@@ -188,7 +189,7 @@ async def end_offsets(settings: Settings, names: list[str]) -> dict[TopicPartiti
         for _ in range(20):
             if all(client.partitions_for_topic(n) for n in names):
                 break
-            await client._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+            await refresh_metadata(client)
         parts = [TopicPartition(n, p) for n in names for p in (client.partitions_for_topic(n) or ())]
         reported = await client.end_offsets(parts) if parts else {}
         return await read_last_batches(client, reported)
@@ -224,8 +225,7 @@ async def committed_offsets(settings: Settings, group: str, parts: list[TopicPar
     probe = consumer(settings, group_id=group, enable_auto_commit=False)
     await probe.start()
     try:
-        found = await probe._coordinator.fetch_committed_offsets(set(parts))  # noqa: SLF001
-        return {tp: (found[tp].offset if tp in found else -1) for tp in parts}
+        return await fetch_committed(probe, parts)
     finally:
         await probe.stop()
 

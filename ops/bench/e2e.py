@@ -104,7 +104,7 @@ async def _latency(s: Settings, topics: Any, pub: Any, plan: Any, rate: float, s
         request = PullRequest(device, events[0].user_id, ts, f"lat-{i}", 1)
         sent[request.request_id] = time.monotonic()
         await pub.send("up", device.encode(), request)
-        await pub._producer.flush()  # noqa: SLF001 - a pull goes out now, not at the next linger
+        await pub.flush()
         await asyncio.sleep(1 / rate)
     deadline = time.monotonic() + 10
     while sent and time.monotonic() < deadline:
