@@ -11,13 +11,11 @@ import faust
 from agents.context import Accepted, CloudContext, put, segments
 from core.features import FeatureSpace, History, event_to_sample
 from core.privacy import device_pseudonym, user_pseudonym
-from core.sample import Sample
+from core.sample import DAY, SAMPLE_ACTIONS, Sample
 from streams.schemas import (
     BehaviourEvent, DevicePull, HistoryState, PullRequest, SampleBatch, UpEnvelope,
 )
 
-SAMPLE_ACTIONS = frozenset({"impression", "click"})  # other actions only extend the history
-DAY = 86_400
 # Samples per SampleBatch: a batch of envelopes may hold many of one user's; at most ~300
 # bytes each keeps every SampleBatch well under the 1 MB message limit the next stage enforces.
 MAX_BATCH_SAMPLES = 1000

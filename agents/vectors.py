@@ -10,14 +10,13 @@ import faust
 from agents.context import Accepted, CloudContext, drop, partition_for, put, segments
 from core.features import FeatureSpace
 from core.matching import most_recent_unserved
-from core.sample import Sample
+from core.sample import DAY, Sample
 from core.vectors import UserAccumulator
 from streams.schemas import (
     DayEnd, IdList, MatchRequest, NeighbourQuery, NeighbourSamples, RecentSamples, SampleBatch, SampleBatchV1,
     SampleRecord, SampleSet, UserState, UserStateV1, UserVector,
 )
 
-DAY = 86_400
 KEEP_RECENT = 500  # in-window samples kept per user (newest)
 DEDUP_DAYS = 14  # how long a counted sample id is remembered against redelivery
 

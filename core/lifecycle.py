@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-DAY = 86_400
+from core.sample import DAY
 
 
 class Timed(Protocol):

@@ -6,9 +6,8 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
-from core.sample import Sample
+from core.sample import DAY, Sample
 
-DAY = 86_400
 K = TypeVar("K")
 
 

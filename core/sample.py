@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DAY = 86_400  # seconds: every rule that speaks of days (quotas, lifecycle, windows) uses event-time days
+# actions that become training samples; the others (e.g. a purchase) only extend the behaviour history
+SAMPLE_ACTIONS = frozenset({"impression", "click"})
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:
@@ -27,4 +31,4 @@ class Sample:
     @property
     def day(self) -> int:
         """Event-time day index (UTC)."""
-        return self.ts // 86_400
+        return self.ts // DAY

@@ -7,9 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from core.features import FeatureSpace, user_feature_sparse
-from core.sample import Sample
-
-DAY = 86_400
+from core.sample import DAY, Sample
 
 
 @dataclass(slots=True)

@@ -50,7 +50,7 @@ from core.lifecycle import OutsideRole
 from core.models import DIN, state_to_bytes
 from core.personalize import limit_training
 from core.privacy import device_pseudonym
-from core.sample import Sample
+from core.sample import DAY, SAMPLE_ACTIONS, Sample
 from core.training import TrainConfig, filter_matched, global_model_from_bytes, predict, train_gated
 from device.modelstore import ModelFile, ModelStore, Training, atomic_write, encode_model, version_id
 from device.storage import DB_FILE, DatabasePool, DeviceStore, Limits, open_store
@@ -70,8 +70,6 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DAY = 86_400
-SAMPLE_ACTIONS = frozenset({"impression", "click"})  # as agents/ingest.py: others only extend the history
 SEEN_CAP = 512  # recent event ids remembered, so a redelivered message adds nothing twice
 SEEN_ID_CHARS = 12  # 48 bits of the event's sample id: collisions among 512 are negligible, state stays small
 STATE_KEY = "device"

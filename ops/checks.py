@@ -8,10 +8,9 @@ from typing import Any
 import numpy as np
 
 from core.features import FeatureSpace, user_feature
+from core.sample import DAY
 from core.vectors import mean_vector
 from ops.exports import RunRecords
-
-DAY = 86_400
 
 
 def vector_parity(run: RunRecords, space: FeatureSpace) -> dict[str, Any]:

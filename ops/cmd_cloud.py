@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 
+from core.sample import DAY
 from streams.settings import Settings
 
 
@@ -45,7 +46,7 @@ async def train_and_publish(settings: Settings, until_day: int | None, epochs: i
     for record in await read_records(settings, topics.name("samples")):
         if isinstance(record, SampleBatch | SampleBatchV1):
             for s in record.to_samples():
-                if until_day is None or s.ts // 86_400 <= until_day:
+                if until_day is None or s.ts // DAY <= until_day:
                     pool.setdefault(s.sample_id, s)
     if not pool:
         raise await _no_samples(settings, topics.name("samples"), topics.name("dead-letters"))

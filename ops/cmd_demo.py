@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.sample import DAY
 from ops.cmd_validate import add_input_options
 from streams.settings import Settings
 
@@ -259,7 +260,7 @@ MIN_HOLDOUT = 500  # holdout samples below which the global model's AUC says lit
 
 def day_name(day: int) -> str:
     """An event-time day number as its UTC date."""
-    return dt.datetime.fromtimestamp(day * 86_400, dt.UTC).date().isoformat()
+    return dt.datetime.fromtimestamp(day * DAY, dt.UTC).date().isoformat()
 
 
 def span(plans: Any) -> str:

@@ -30,18 +30,17 @@ from core.matching import merge_answers, most_recent_unserved, per_neighbour_ask
 from core.models import DIN, relative_change
 from core.personalize import limit_training
 from core.privacy import device_pseudonym, user_pseudonym
-from core.sample import Sample
+from core.sample import DAY, SAMPLE_ACTIONS, Sample
 from core.training import TrainConfig, filter_matched, model_for_space, predict, train_gated
 from core.vectors import UserAccumulator
 from device.runtime import configure_torch, device_train_config
 from ops.experiment import EvalRow, Split
-from ops.replay import DAY, DayPlan
+from ops.replay import DayPlan
 from streams.schemas import BehaviourEvent
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SAMPLE_ACTIONS = frozenset({"impression", "click"})
 KEEP_RECENT, DEDUP_DAYS = 500, 14  # as agents/vectors.py
 SEEN_ID_CHARS = 12  # as device/runtime.py
 

@@ -22,11 +22,10 @@ from core.arms import device_seed
 from core.features import FeatureSpace, History, event_to_sample
 from core.globalmodel import train_global
 from core.models import DIN
-from core.sample import Sample
+from core.sample import DAY, SAMPLE_ACTIONS, Sample
 from core.training import TrainConfig, model_for_space, predict, train_epochs
 from ops.experiment import EvalRow, Split
-from ops.offline import SAMPLE_ACTIONS, history_pool
-from ops.replay import DAY
+from ops.offline import history_pool
 
 REFERENCE_SEED = -1  # reference rows belong to no seed: they are the same for every rotation
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.privacy import device_pseudonym
+from core.sample import DAY
 from streams.kafka import producer
 from streams.schemas import (BehaviourEvent, DayEnd, DeviceActions, DevicePast, Record, UpEnvelope, encode,
                              profile_value)
@@ -20,7 +21,6 @@ from streams.settings import Settings
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
-DAY = 86_400
 
 
 def to_event(raw: Mapping[str, object]) -> BehaviourEvent:

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from core.sample import DAY
 from ops.bench.common import table, write_report
 
-DAY_S = 86_400
 DEVICES = (1_000_000, 10_000_000, 100_000_000)
 
 
@@ -107,7 +107,7 @@ def unit_costs(docs: list[tuple[str, dict[str, Any]]]) -> UnitCosts:
 
 def model(devices: int, c: UnitCosts, a: Assumptions) -> dict[str, Any]:
     """One row of the capacity model: what `devices` devices need of each engine."""
-    events_s = devices * a.events_per_device_day / DAY_S
+    events_s = devices * a.events_per_device_day / DAY
     peak_events_s = events_s * a.peak_over_mean
     ingest_cores = peak_events_s * c.cloud_cpu_us_per_event * 1e-6 / a.core_utilisation
     rematch_s = devices * a.rematches_per_day / (a.rematch_window_h * 3600)
@@ -119,12 +119,12 @@ def model(devices: int, c: UnitCosts, a: Assumptions) -> dict[str, Any]:
     index_gb = devices * point_bytes / 1e9
     sharded = index_gb > a.replica_budget_gb
     shards = math.ceil(index_gb / (a.qdrant_node_gb / 2)) if sharded else 0
-    down_bytes_s = devices * c.down_kb_per_device_day * 1000 / DAY_S
+    down_bytes_s = devices * c.down_kb_per_device_day * 1000 / DAY
     up_bytes_s = peak_events_s * c.broker_bytes_per_event
     written_mb_s = (up_bytes_s + down_bytes_s) * a.replication_factor / 1e6
     partitions = _pow2(max(8, 2 * worker_cores, math.ceil((up_bytes_s + down_bytes_s) / 1e6 / a.partition_mb_s)))
     fleet_cpu = c.fleet_cpu_s_per_device_day * a.batches_per_day / c.fleet_job_batches
-    fleet_processes = math.ceil(devices * fleet_cpu / DAY_S / a.core_utilisation)
+    fleet_processes = math.ceil(devices * fleet_cpu / DAY / a.core_utilisation)
     return {
         "devices": devices,
         "events_per_s_mean": events_s, "events_per_s_peak": peak_events_s,

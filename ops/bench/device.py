@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.sample import DAY
 from ops.bench.common import percentiles, table, write_report
 from streams.settings import Settings
 
@@ -71,7 +72,7 @@ async def _run(s: Settings, devices: int) -> dict[str, Any]:
                 await device.on_notice(DownNotice(device.pseudonym, state.request, state.day, "exhausted"))
                 await device.on_day_end(plan.day)
         state = await device.state()  # the last day's pull is open: the 12 batches answer it
-        matched = _matched(device_ids[devices:], by_user, s, 300, (state.day - 1) * 86_400, History, event_to_sample)
+        matched = _matched(device_ids[devices:], by_user, s, 300, (state.day - 1) * DAY, History, event_to_sample)
         start = time.perf_counter()
         for b in range(12):
             payload = pack_samples(matched[25 * b: 25 * b + 25])

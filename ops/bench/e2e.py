@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.sample import DAY
 from ops.bench.common import broker_for, percentiles, table, write_report
 from streams.settings import Settings
 
@@ -98,7 +99,7 @@ async def _latency(s: Settings, topics: Any, pub: Any, plan: Any, rate: float, s
 
     listener = asyncio.create_task(listen())
     devices = list(plan.by_device)
-    ts = plan.day * 86_400 + 86_399
+    ts = plan.day * DAY + DAY - 1
     for i in range(int(rate * seconds)):
         device, events = devices[i % len(devices)]
         request = PullRequest(device, events[0].user_id, ts, f"lat-{i}", 1)

@@ -43,6 +43,7 @@ from typing import Any
 
 import psutil
 
+from core.sample import DAY
 from ops.bench.common import Usage, broker_for, table, write_report
 from streams.settings import Settings
 
@@ -134,7 +135,7 @@ async def _device_day(runtime: Any, device_id: str, events: list[Any], payloads:
 
     s = runtime.settings
     device = Device(runtime, device_pseudonym(s.pseudonym_key, device_id), device_id)
-    day = events[0].ts // 86_400
+    day = events[0].ts // DAY
     await device.on_actions(DeviceActions(device_id, events, day))
     request = (await device.state()).request or f"plain-{device_id}"
     for b, payload in enumerate(payloads):
@@ -199,7 +200,7 @@ async def _fleet(base: Settings, state: Path, devices: DevicesJob, payloads: lis
         start = time.time()
         for device_id, events in devices:
             key = device_pseudonym(s.pseudonym_key, device_id).encode()
-            await pub.send(topics.name("actions"), encode(DeviceActions(device_id, events, events[0].ts // 86_400)), key=key)
+            await pub.send(topics.name("actions"), encode(DeviceActions(device_id, events, events[0].ts // DAY)), key=key)
         await pub.flush()
         answered: set[str] = set()
         while len(answered) < len(devices):
@@ -235,7 +236,7 @@ async def _answer(pub: Any, topics: Any, s: Settings, pull: Any, payloads: list[
     from streams.schemas import DownBatch, DownNotice, encode
 
     device = device_pseudonym(s.pseudonym_key, pull.device_id)
-    day = pull.ts // 86_400
+    day = pull.ts // DAY
     for b, payload in enumerate(payloads):
         msg = DownBatch(device, f"{pull.request_id}-{b}", pull.request_id, day, BATCH_SAMPLES, payload,
                         of=len(payloads))

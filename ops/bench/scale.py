@@ -35,6 +35,7 @@ from typing import Any
 
 import psutil
 
+from core.sample import DAY
 from ops.bench.common import Usage, broker_for, table, write_report
 from streams.settings import Settings
 
@@ -396,7 +397,7 @@ async def _fleet_rebalance(s: Settings, topics: Any, procs: Any, devices: Any, s
             return
         key = device_pseudonym(s.pseudonym_key, device_id).encode()
         sent[device_id] = time.monotonic()
-        await pub.send(topics.name("actions"), encode(DeviceActions(device_id, events, events[0].ts // 86_400)), key=key)
+        await pub.send(topics.name("actions"), encode(DeviceActions(device_id, events, events[0].ts // DAY)), key=key)
         await pub.flush()
 
     try:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from core.sample import DAY
 from ops.datasets import Dataset, DatasetUnavailable, device_id_for, sort_key
 from ops.datasets.movielens import _sha256_file
 
@@ -42,7 +43,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 NAME = "instacart"
-DAY_S = 86_400
 HOUR_S = 3_600
 # Nominal 2017-01-01 00:00 UTC: the data has relative days only, so day boundaries fall on midnight.
 ANCHOR_TS = 1_483_228_800
@@ -258,9 +258,9 @@ def _timestamps(orders: list[list[OrderItem]], days: list[int]) -> list[int]:
     ts: list[int] = []
     caps: list[int] = []
     for order, day in zip(orders, days, strict=True):
-        start = max(ANCHOR_TS + day * DAY_S + order[0].hour * HOUR_S, ts[-1] + 1 if ts else 0)
+        start = max(ANCHOR_TS + day * DAY + order[0].hour * HOUR_S, ts[-1] + 1 if ts else 0)
         ts += range(start, start + len(order))
-        caps += [ANCHOR_TS + (day + 1) * DAY_S - 1] * len(order)
+        caps += [ANCHOR_TS + (day + 1) * DAY - 1] * len(order)
     for i in range(len(ts) - 1, -1, -1):
         ts[i] = min(ts[i], caps[i], ts[i + 1] - 1 if i + 1 < len(ts) else caps[i])
     return ts
@@ -313,7 +313,7 @@ def _meta(
     per_user = [(len(o), order_days(o)) for o in orders.values()]
     active = defaultdict(set)
     for e in events:
-        active[e["user_id"]].add(e["ts"] // DAY_S)
+        active[e["user_id"]].add(e["ts"] // DAY)
     ts = [e["ts"] for e in events]
     return {
         "source": f"{ORDERS.requirement} wheel, {ORDERS.member}; "
@@ -333,7 +333,7 @@ def _meta(
         "active_days_median": float(np.median([len(a) for a in active.values()])),
         "ts_min": min(ts, default=0),
         "ts_max": max(ts, default=0),
-        "span_days": (max(ts, default=0) - min(ts, default=0)) / DAY_S,
+        "span_days": (max(ts, default=0) - min(ts, default=0)) / DAY,
     }
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from core.sample import DAY
 from ops.datasets import Dataset, DatasetUnavailable, device_id_for
 
 __all__ = ["AGE_BUCKETS", "FILE_SHA256", "WHEEL_SHA256", "age_bucket", "load_movielens_100k"]
@@ -277,7 +278,7 @@ def _meta(parsed: _Parsed, label_threshold: int, source: str) -> dict[str, Any]:
         "positive_share": float((parsed.rating >= label_threshold).mean()),
         "ts_min": int(ts.min()),
         "ts_max": int(ts.max()),
-        "span_days": float((ts.max() - ts.min()) / 86_400),
+        "span_days": float((ts.max() - ts.min()) / DAY),
         "items": {
             iid: {"title": t, "year": y, "tags": list(g)}
             for iid, t, y, g in zip(

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from core.sample import DAY
 from ops.datasets import Dataset, device_id_for
 
 __all__ = [
@@ -39,7 +40,6 @@ PROFILE_FIELDS: dict[str, tuple[str, ...]] = {
 DEFAULT_START_TS = 1_699_920_000  # 2023-11-14 00:00 UTC: day boundaries fall on midnight
 WEIGHT_SCALE = 1.0  # std of global/group tag weights; an item's affinity sums 3 of them
 GROUP_BIAS_SCALE = 0.8  # std (logit) of a group's overall click propensity
-DAY_S = 86_400
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def _timestamps(p: SyntheticParams, counts: np.ndarray, day: np.ndarray, active:
     """Per event: user index and ts (users in order, each user's events in day order)."""
     user = np.repeat(np.arange(p.n_users), counts)
     # Seconds stop short of midnight so _unique_ts's +1 nudges never spill into the next day.
-    ts = p.start_ts + day.astype(np.int64) * DAY_S + rng.integers(0, DAY_S - 60, size=user.size)
+    ts = p.start_ts + day.astype(np.int64) * DAY + rng.integers(0, DAY - 60, size=user.size)
     return user, _unique_ts(user, ts), active
 
 
@@ -256,7 +256,7 @@ def _page_views(p: SyntheticParams, user: np.ndarray, ts: np.ndarray, cat_affini
     n = rng.poisson(p.page_view_rate * user.size)
     anchor = rng.integers(0, user.size, size=n)
     pv_user = user[anchor]
-    day_start = ts[anchor] - (ts[anchor] - p.start_ts) % DAY_S
+    day_start = ts[anchor] - (ts[anchor] - p.start_ts) % DAY
     pv_ts = np.maximum(ts[anchor] - rng.integers(1, 600, size=n), day_start)  # shortly before, same day
     pv_cat = _sample_items(_softmax(cat_affinity), pv_user, rng)
     return pv_user, pv_ts, pv_cat
@@ -284,7 +284,7 @@ def generate(**options: Any) -> Dataset:
     affinity = prefs["user"] @ x.T  # phases x users x items, logit minus the intercept
     exposure = (1.0 - p.exposure_bias) / len(items) + p.exposure_bias * _softmax(affinity[0])
     user, ts, active = _schedule(p, ev_rng)
-    phase = np.searchsorted(np.asarray(p.change_days, dtype=np.int64), (ts - p.start_ts) // DAY_S, side="right")
+    phase = np.searchsorted(np.asarray(p.change_days, dtype=np.int64), (ts - p.start_ts) // DAY, side="right")
     item = _sample_items(exposure, user, ev_rng) if not p.change_days else _phased_items(p, affinity, user, phase,
                                                                                           ev_rng)
     base = _intercept(affinity[0], exposure, np.bincount(user, minlength=p.n_users), p.ctr)
