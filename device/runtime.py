@@ -44,7 +44,7 @@ import psutil
 import torch
 
 from core import lifecycle
-from core.arms import assign_arm, device_seed, keep_all, pulls, random_like
+from core.arms import assign_arm, device_arm, device_seed, select_kept
 from core.features import FeatureSpace, History, event_to_sample
 from core.lifecycle import OutsideRole
 from core.models import DIN, state_to_bytes
@@ -397,7 +397,7 @@ class Device:
         self.lock = asyncio.Lock()
         self._prepared = False
         self.last_day_end = -1
-        self.arm = assign_arm(runtime.settings.arm_mode, runtime.settings.arm_seed, pseudonym)
+        self.arm = device_arm(runtime.settings.arm_mode, runtime.settings.arm_seed, pseudonym)
         # day-ends with work to do (a pull, local training, samples or batch ids to expire); None:
         # unknown, because the database predates this process — then every day-end opens it
         self._due: set[int] | None = None
@@ -428,7 +428,7 @@ class Device:
         if self.device_id and not st.device_id:
             st.device_id = self.device_id
         self.device_id = self.device_id or st.device_id
-        st.arm = self.arm
+        st.arm = self.arm.name
         return st
 
     def _seed(self, *parts: object) -> int:
@@ -554,7 +554,7 @@ class Device:
         `resend`: a redelivered message re-sends an open request no batch has answered yet
         (its first send may be lost with a crash); the cloud ignores a request id it holds.
         """
-        if not pulls(self.arm):  # cloud and local arms never ask the cloud for samples
+        if not self.arm.pulls:  # cloud and local arms never ask the cloud for samples
             return None
         remaining = self.s.batches_per_day - st.used
         if st.stopped or remaining <= 0 or not (st.user_id and st.device_id) or st.day < 0:
@@ -642,7 +642,7 @@ class Device:
                     await store.flush()
                     out.filtered += await self._filter(store, st)
                     kept = await store.count_outside(OutsideRole.KEPT)
-                if kept >= self.s.train_trigger:
+                if self.arm.trains_when_kept(kept, self.s.train_trigger):
                     out.trained = await self._train(store, st)
                 if ours and not st.request_open:
                     pull = self._pull(st)
@@ -694,9 +694,8 @@ class Device:
                     st.stopped = True
                     st.request, st.request_of, st.request_got = "", 0, []
                 out.filtered = await self._filter(store, st)
-                # a fair schedule: train on what was kept, or on the local samples alone when the
-                # day brought nothing to keep and the device has not trained yet today
-                if await store.count_outside(OutsideRole.KEPT) > 0 or st.trained_day < st.day:
+                kept = await store.count_outside(OutsideRole.KEPT)
+                if self.arm.trains_on_notice(kept, trained_today=st.trained_day >= st.day):
                     out.trained = await self._train(store, st)
                 store.set_state(STATE_KEY, st.to_plain())
         return out
@@ -725,7 +724,7 @@ class Device:
                 st.now_ts = max(st.now_ts, (day + 1) * DAY)
                 expired = await store.expire_local(st.now_ts, self.s.lifecycle_t2_days)
                 await store.forget_batches(day - self.s.lifecycle_t2_days)
-                if self.arm == "local" and active:  # local-only personalisation at the end of a used day
+                if self.arm.trains_at_day_end(active):  # the local arm's personalisation
                     await self._train(store, st)
                 st.maintained_day = day
                 store.set_state(STATE_KEY, st.to_plain())
@@ -740,22 +739,21 @@ class Device:
         pending = await store.outside(OutsideRole.NEW)
         if not pending:
             return 0
-        if self.arm == "coda_nofilter":  # control: no classifier, every matched sample is kept
-            outcome, wall, cpu = keep_all([x.sample_id for x in pending]), 0.0, 0.0
-        else:
+        local: list[Sample] = []
+        if self.arm.classifies:
             local = (
                 await store.local_split(st.now_ts, self.s.lifecycle_t_days, self.s.lifecycle_t2_days)
             ).classifier
             if not local:
                 return 0  # nothing says "local" yet: the samples wait (and count toward the limit)
-            seed = self._seed("filter", st.filters)
-            result, wall, cpu = await self.rt.run(
-                filter_matched, local, pending, self.rt.space, self.s.sigma, self.s.classifier_share, seed
-            )
-            if self.arm == "coda_random":  # control: the classifier's count, a random choice
-                outcome = random_like(result, self.s.sigma, self._seed("random", st.filters))
-            else:
-                outcome = lifecycle.after_filter(result.classifier_train_ids, result.scores, self.s.sigma)
+        seeds = self._seed("filter", st.filters), self._seed("random", st.filters)
+        args = (self.arm, local, pending, self.rt.space, self.s.sigma, self.s.classifier_share, *seeds)
+        if self.arm.classifies:  # torch work: on the executor, timed
+            outcome, wall, cpu = await self.rt.run(select_kept, *args)
+        else:
+            outcome, wall, cpu = select_kept(*args), 0.0, 0.0
+        if outcome is None:  # select_kept's own "no local samples": ruled out above, before the executor
+            return 0
         await store.apply_filter(outcome)
         await self._log_kept(store, list(outcome.keep))
         self.rt.accounting.record(

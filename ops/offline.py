@@ -21,7 +21,7 @@ import torch
 from agents.index import UserPoint
 from agents.index.exact import ExactIndex
 from core import lifecycle
-from core.arms import assign_arm, device_seed, keep_all, pulls, random_like
+from core.arms import Arm, device_arm, device_seed, select_kept
 from core.batching import DailyQuota, chunk
 from core.features import History, event_to_sample
 from core.globalmodel import train_global
@@ -31,7 +31,7 @@ from core.models import DIN, relative_change
 from core.personalize import limit_training
 from core.privacy import device_pseudonym, user_pseudonym
 from core.sample import DAY, SAMPLE_ACTIONS, Sample
-from core.training import TrainConfig, filter_matched, model_for_space, predict, train_gated
+from core.training import TrainConfig, model_for_space, predict, train_gated
 from core.vectors import UserAccumulator
 from device.runtime import configure_torch, device_train_config
 from ops.experiment import EvalRow, Split
@@ -190,7 +190,7 @@ class OfflineDevice:
     pseudonym: str
     device_id: str
     user_id: str
-    arm: str
+    arm: Arm
     model: dict[str, torch.Tensor] | None = None  # None: M0
     history: History = field(default_factory=History)
     seen: set[str] = field(default_factory=set)
@@ -244,7 +244,7 @@ class Offline:
         pseudonym = device_pseudonym(self.s.pseudonym_key, device_id)
         d = self.devices.get(pseudonym)
         if d is None:
-            arm = assign_arm(self.s.arm_mode, self.s.arm_seed, pseudonym)
+            arm = device_arm(self.s.arm_mode, self.s.arm_seed, pseudonym)
             d = self.devices[pseudonym] = OfflineDevice(pseudonym, device_id, user_id, arm)
         return d
 
@@ -269,7 +269,7 @@ class Offline:
         samples = self._extend(d, events)
         if samples:
             scores = predict(self._module(d), samples, self.space)
-            self.rows += [(d.arm, d.user_id, x.sample_id, x.ts, x.label, float(p))
+            self.rows += [(d.arm.name, d.user_id, x.sample_id, x.ts, x.label, float(p))
                           for x, p in zip(samples, scores.tolist(), strict=True)]
         d.now_ts = max(d.now_ts, max(e.ts for e in events))
         if d.now_ts // DAY > d.day >= 0:
@@ -294,9 +294,9 @@ class Offline:
             active = d.day == day
             d.now_ts = max(d.now_ts, (day + 1) * DAY)  # the tick moves the clock before the batches come
             self._expire(d)
-            if d.arm == "local" and active:
+            if d.arm.trains_at_day_end(active):
                 self._train(d)
-            if active and pulls(d.arm):
+            if active and d.arm.pulls:
                 self._pull_cycle(d)
 
     def _pull_cycle(self, d: OfflineDevice) -> None:
@@ -318,7 +318,7 @@ class Offline:
         if last:
             self._insert_outside(d, samples)
             self._filter(d)
-        if sum(1 for o in d.outside.values() if o.role == OutsideRole.KEPT) >= self.s.train_trigger:
+        if d.arm.trains_when_kept(self._kept(d), self.s.train_trigger):
             self._train(d)
         if not last:
             self._insert_outside(d, samples)
@@ -326,8 +326,12 @@ class Offline:
     def _notice(self, d: OfflineDevice) -> None:
         d.stopped = True
         self._filter(d)
-        if any(o.role == OutsideRole.KEPT for o in d.outside.values()) or d.trained_day < d.day:
+        if d.arm.trains_on_notice(self._kept(d), trained_today=d.trained_day >= d.day):
             self._train(d)
+
+    @staticmethod
+    def _kept(d: OfflineDevice) -> int:
+        return sum(1 for o in d.outside.values() if o.role == OutsideRole.KEPT)
 
     def _insert_outside(self, d: OfflineDevice, samples: Sequence[Sample]) -> None:
         fresh = [x for x in dict((x.sample_id, x) for x in samples).values() if x.sample_id not in d.outside]
@@ -342,18 +346,11 @@ class Offline:
         pending = self._outside(d, OutsideRole.NEW)
         if not pending:
             return
-        if d.arm == "coda_nofilter":
-            outcome = keep_all([x.sample_id for x in pending])
-        else:
-            local = self._split(d).classifier
-            if not local:
-                return
-            result = filter_matched(local, pending, self.space, self.s.sigma, self.s.classifier_share,
-                                    self._seed(d, "filter", d.filters))
-            if d.arm == "coda_random":
-                outcome = random_like(result, self.s.sigma, self._seed(d, "random", d.filters))
-            else:
-                outcome = lifecycle.after_filter(result.classifier_train_ids, result.scores, self.s.sigma)
+        local = self._split(d).classifier if d.arm.classifies else []
+        outcome = select_kept(d.arm, local, pending, self.space, self.s.sigma, self.s.classifier_share,
+                              self._seed(d, "filter", d.filters), self._seed(d, "random", d.filters))
+        if outcome is None:  # nothing says "local" yet: the samples wait
+            return
         for sid in outcome.delete:
             d.outside.pop(sid, None)
         for sid, score in outcome.keep.items():
@@ -437,7 +434,7 @@ def run_offline(split: Split, s: Settings, seed: int, global_seed: int = 0,
     rows = [EvalRow(seed, arm, user, ts // DAY - split.cut_day, ts, label, score, sid)
             for arm, user, sid, ts, label, score in run.rows]
     devices = run.devices.values()
-    return OfflineRun(seed, rows, {d.pseudonym: d.kept_ids for d in devices}, {d.pseudonym: d.arm for d in devices},
+    return OfflineRun(seed, rows, {d.pseudonym: d.kept_ids for d in devices}, {d.pseudonym: d.arm.name for d in devices},
                       {d.pseudonym: d.user_id for d in devices}, {d.pseudonym: d.trains for d in devices},
                       {d.pseudonym: d.steps for d in devices}, {d.pseudonym: run.model_change(d) for d in devices},
                       {d.pseudonym: d.valid for d in devices},
