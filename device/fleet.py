@@ -34,18 +34,12 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from core.privacy import device_pseudonym
 from core.training import global_model_from_bytes
+from device.device import Device, device_dir
+from device.initialmodel import fresh_initial, initial_model_file
 from device.modelstore import ModelFile, atomic_write
-from device.runtime import (
-    KEPT_KEY,
-    STATE_KEY,
-    Device,
-    DeviceState,
-    Outcome,
-    Runtime,
-    device_dir,
-    fresh_initial,
-    initial_model_file,
-)
+from device.outcomes import Outcome
+from device.record import KEPT_KEY, STATE_KEY, DeviceRecord
+from device.runtime import Runtime
 from device.storage import DB_FILE, DeviceStore, Limits, open_database
 from streams import kafka
 from streams.deadletter import DeadLetters
@@ -561,7 +555,7 @@ async def read_devices(state_dir: Path) -> list[DeviceExport]:
         conn = await open_database(path)
         try:
             store = DeviceStore(conn, Limits(), path.parent.name)
-            st = DeviceState.from_plain(await store.get_state(STATE_KEY))
+            st = DeviceRecord.from_plain(await store.get_state(STATE_KEY))
             kept = await store.get_state(KEPT_KEY, [])
             out.append(DeviceExport(path.parent.name, st.arm, st.device_id, st.user_id, st.trains, st.filters,
                                     st.pulls, await store.evaluations(), list(kept),

@@ -33,7 +33,8 @@ from core.privacy import device_pseudonym, user_pseudonym
 from core.sample import DAY, SAMPLE_ACTIONS, Sample
 from core.training import TrainConfig, model_for_space, predict, train_gated
 from core.vectors import UserAccumulator
-from device.runtime import configure_torch, device_train_config
+from device.record import SEEN_ID_CHARS
+from device.torchconfig import configure_torch, device_train_config
 from ops.experiment import EvalRow, Split
 from ops.replay import DayPlan
 from streams.schemas import BehaviourEvent
@@ -42,7 +43,6 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 KEEP_RECENT, DEDUP_DAYS = 500, 14  # as agents/vectors.py
-SEEN_ID_CHARS = 12  # as device/runtime.py
 
 
 def _fields(e: BehaviourEvent) -> dict[str, Any]:
@@ -185,7 +185,7 @@ class _Outside:
 
 @dataclass
 class OfflineDevice:
-    """The device's state as plain data, with the same triggers as device/runtime.py."""
+    """The device's state as plain data, with the same triggers as device/device.py."""
 
     pseudonym: str
     device_id: str

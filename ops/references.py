@@ -132,7 +132,7 @@ def global_model(split: Split, settings: Any, global_seed: int = 0) -> DIN:
 def reference_rows(split: Split, settings: Any, k: int, global_seed: int = 0, recipe: Recipe | None = None,
                    say: Callable[[str], None] | None = None) -> tuple[list[EvalRow], dict[str, Any]]:
     """Every reference this split allows, and a description of how each was computed."""
-    from device.runtime import configure_torch
+    from device.torchconfig import configure_torch
 
     configure_torch(settings.torch_threads)
     recipe = recipe or Recipe()

@@ -44,7 +44,10 @@ def run(out: Path, quick: bool, settings: Settings) -> dict[str, Any]:
 async def _run(s: Settings, devices: int) -> dict[str, Any]:
     from core.features import History, event_to_sample
     from core.privacy import device_pseudonym
-    from device.runtime import Device, Runtime, configure_torch, fresh_initial
+    from device.device import Device
+    from device.initialmodel import fresh_initial
+    from device.runtime import Runtime
+    from device.torchconfig import configure_torch
     from ops.datasets import load_dataset
     from ops.replay import plan_days
     from streams.schemas import DeviceActions, DownBatch, DownNotice, pack_samples

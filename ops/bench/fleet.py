@@ -130,7 +130,7 @@ def _job(settings: Settings, n: int) -> tuple[DevicesJob, list[bytes]]:
 async def _device_day(runtime: Any, device_id: str, events: list[Any], payloads: list[bytes]) -> None:
     """One device's daily job through the `Device` handlers, as the fleet runs them."""
     from core.privacy import device_pseudonym
-    from device.runtime import Device
+    from device.device import Device
     from streams.schemas import DeviceActions, DownBatch, DownNotice
 
     s = runtime.settings
@@ -270,7 +270,9 @@ def _fleet_counts(s: Settings, fleet_id: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- plain loop
 async def _plain_loop(s: Settings, devices: DevicesJob, payloads: list[bytes]) -> dict[str, Any]:
     """The same Device code called directly, one device after another: no broker, no fleet."""
-    from device.runtime import Runtime, configure_torch, fresh_initial
+    from device.initialmodel import fresh_initial
+    from device.runtime import Runtime
+    from device.torchconfig import configure_torch
 
     configure_torch(s.torch_threads)
     runtime = Runtime(s, fresh_initial(s.features))
@@ -350,7 +352,8 @@ _ACTOR: dict[str, Any] = {}
 
 def _actor_state(job_path: str) -> dict[str, Any]:
     if not _ACTOR:
-        from device.runtime import Runtime, fresh_initial
+        from device.initialmodel import fresh_initial
+        from device.runtime import Runtime
 
         job = pickle.loads(Path(job_path).read_bytes())
         loop = asyncio.new_event_loop()

@@ -52,7 +52,9 @@ async def files_loop(state_dir: Path) -> None:
 
 async def device_loop(state_dir: Path) -> None:
     """The real device: actions, a request's batches, a notice (training), day after day."""
-    from device.runtime import Device, Runtime, fresh_initial  # torch: only this mode pays the import
+    from device.device import Device  # torch: only this mode pays the import
+    from device.initialmodel import fresh_initial
+    from device.runtime import Runtime
 
     settings = crash_settings(state_dir)
     runtime = Runtime(settings, fresh_initial(settings.features))

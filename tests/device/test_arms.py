@@ -12,7 +12,10 @@ from core.arms import ARMS, assign_arm, random_like
 from core.privacy import device_pseudonym
 from core.sample import Sample
 from core.training import FilterResult, filter_matched
-from device.runtime import KEPT_KEY, Device, Runtime, fresh_initial
+from device.device import Device
+from device.initialmodel import fresh_initial
+from device.record import KEPT_KEY
+from device.runtime import Runtime
 from device.storage import open_store
 from streams.schemas import DeviceActions, DownNotice, PullRequest
 from streams.settings import Settings

@@ -14,7 +14,7 @@ from core.models import DIN, state_to_bytes
 from core.privacy import device_pseudonym
 from core.sample import Sample
 from device.fleet import Fleet
-from device.runtime import initial_model_file
+from device.initialmodel import initial_model_file
 from streams.kafka import consumer, ensure_topics, producer
 from streams.schemas import (
     DayEnd,

@@ -9,7 +9,8 @@ from samplegen import DAY, START
 from test_runtime import act, batch, new_device, similar_samples
 
 from core.training import predict
-from device.runtime import Runtime, fresh_initial
+from device.initialmodel import fresh_initial
+from device.runtime import Runtime
 from device.storage import open_store
 from streams.settings import Settings
 

@@ -16,6 +16,7 @@ import pytest
 from crash_worker import DEVICE_ID, LIMITS, crash_settings
 
 from core.privacy import device_pseudonym
+from device.device import device_dir
 from device.modelstore import (
     LOCK,
     M0,
@@ -30,7 +31,6 @@ from device.modelstore import (
     read_model,
     version_id,
 )
-from device.runtime import device_dir
 from device.storage import DatabasePool, open_store
 
 HERE = Path(__file__).resolve().parent

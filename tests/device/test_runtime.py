@@ -1,4 +1,4 @@
-"""Tests for device.runtime: local samples, progressive validation, batch validation, triggers, inference."""
+"""Tests for device.device: local samples, progressive validation, batch validation, triggers, inference."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from core.features import History, event_to_sample
 from core.models import DIN, state_to_bytes
 from core.privacy import device_pseudonym
 from core.sample import Sample
+from device.device import Device
+from device.initialmodel import fresh_initial
 from device.modelstore import M
-from device.runtime import Device, Runtime, fresh_initial
+from device.runtime import Runtime
 from streams.schemas import DeviceActions, DownBatch, DownNotice, PullRequest, UpEnvelope, pack_samples
 from streams.settings import Settings
 
