@@ -43,3 +43,56 @@ def test_shared_constants_are_defined_once() -> None:
                     home = SHARED_CONSTANTS.get(getattr(t, "id", ""))
                     rel = path.relative_to(ROOT).as_posix()
                     assert home is None or rel == home, f"{rel} defines {t.id}: import it from {home}"  # type: ignore[attr-defined]
+
+
+ARM_NAMES = frozenset({"cloud", "local", "coda", "coda_nofilter", "coda_random"})
+# Report code groups and labels results by arm (u.arm == arm, baseline "cloud"): it decides nothing
+# an arm does. Engines, the device included, ask the core.arms.Arm object instead.
+REPORTS = frozenset({"ops/abtest.py", "ops/expreport.py", "ops/tuning.py", "ops/cmd_experiment.py"})
+
+
+def _names_an_arm(node: ast.AST) -> bool:
+    """An arm name, a collection of them, or a value called `arm` (`arm`, `d.arm`, `self.arm`)."""
+    if isinstance(node, ast.Constant):
+        return node.value in ARM_NAMES
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return any(_names_an_arm(e) for e in node.elts)
+    if isinstance(node, ast.Name):
+        return node.id in {"arm", "PULLING"}
+    return isinstance(node, ast.Attribute) and node.attr in {"arm", "PULLING"}
+
+
+def _arm_comparisons(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            hit = any(_names_an_arm(x) for x in (node.left, *node.comparators))
+        elif isinstance(node, ast.match_case):
+            hit = any(isinstance(p, ast.MatchValue) and _names_an_arm(p.value) for p in ast.walk(node.pattern))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            hit = node.func.attr in {"startswith", "endswith"} and _names_an_arm(node.func.value)
+        else:  # the old set of pulling arm names, used any way at all
+            hit = "PULLING" in (getattr(node, "id", None), getattr(node, "attr", None))
+        if hit:
+            found.append((getattr(node, "lineno", 0), ast.unparse(node)[:80]))
+    return found
+
+
+def test_arm_comparisons_are_the_arms_own() -> None:
+    """What an arm does (pull, train, keep) is decided in core/arms.py: no arm name is compared anywhere else."""
+    for package in ("agents", "device", "ops", "streams"):
+        for path in (ROOT / package).rglob("*.py"):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel in REPORTS:
+                continue
+            found = _arm_comparisons(ast.parse(path.read_text()))
+            assert not found, f"{rel} compares arm names (ask core.arms.Arm instead): {found}"
+
+
+def test_the_arm_scan_sees_the_old_if_chains() -> None:
+    """The scan above would have caught what the engines used to do."""
+    old = 'if self.arm == "local" and active: pass\nif d.arm in PULLING: pass\nx = arm in ("coda", "coda_random")'
+    assert {line for line, _ in _arm_comparisons(ast.parse(old))} == {1, 2, 3}
+    assert _arm_comparisons(ast.parse('match arm:\n    case "coda_nofilter": pass'))
+    assert _arm_comparisons(ast.parse('ok = self.arm.startswith("coda")'))
+    assert not _arm_comparisons(ast.parse('if self.arm.pulls and s.arm_mode == "buckets": pass'))
