@@ -1,4 +1,4 @@
-"""Experiment arms: which device runs which variant of CoDA, when it trains, and what it keeps after filtering."""
+"""Experiment arms: which device runs which variant of CoDA, when it trains, what it keeps after filtering."""
 
 from __future__ import annotations
 
@@ -35,15 +35,17 @@ class Arm:
         return False
 
     def trains_when_kept(self, kept: int, trigger: int) -> bool:
-        """After storing a batch (and filtering, once its request is complete), with `kept` samples waiting."""
+        """After storing a batch (filtered, once its request is complete), with `kept` samples waiting."""
         return False
 
     def trains_on_notice(self, kept: int, trained_today: bool) -> bool:
         """On the cloud's notice that today's batches are over (quota or exhausted)."""
         return False
 
-    def keep(self, pending_ids: Sequence[str], result: FilterResult | None, sigma: float, seed: int) -> FilterOutcome:
-        """What becomes of the pending matched samples; `result` is the classifier's when the arm `classifies`."""
+    def keep(
+        self, pending_ids: Sequence[str], result: FilterResult | None, sigma: float, seed: int
+    ) -> FilterOutcome:
+        """What becomes of the pending matched samples (`result`: the classifier's, if it `classifies`)."""
         return FilterOutcome(list(pending_ids), {})
 
     def __repr__(self) -> str:
@@ -88,7 +90,9 @@ class CodaArm(_PullingArm):
     name = "coda"
     classifies = True
 
-    def keep(self, pending_ids: Sequence[str], result: FilterResult | None, sigma: float, seed: int) -> FilterOutcome:
+    def keep(
+        self, pending_ids: Sequence[str], result: FilterResult | None, sigma: float, seed: int
+    ) -> FilterOutcome:
         scored = _classified(self, result)
         return after_filter(scored.classifier_train_ids, scored.scores, sigma)
 
@@ -99,7 +103,9 @@ class CodaNoFilterArm(_PullingArm):
     name = "coda_nofilter"
     schedule = _CODA_SCHEDULE.replace("after filtering", "keeping every matched sample")
 
-    def keep(self, pending_ids: Sequence[str], result: FilterResult | None, sigma: float, seed: int) -> FilterOutcome:
+    def keep(
+        self, pending_ids: Sequence[str], result: FilterResult | None, sigma: float, seed: int
+    ) -> FilterOutcome:
         return keep_all(pending_ids)
 
 
@@ -110,7 +116,9 @@ class CodaRandomArm(_PullingArm):
     schedule = _CODA_SCHEDULE.replace("after filtering", "after a random choice of the classifier's count")
     classifies = True
 
-    def keep(self, pending_ids: Sequence[str], result: FilterResult | None, sigma: float, seed: int) -> FilterOutcome:
+    def keep(
+        self, pending_ids: Sequence[str], result: FilterResult | None, sigma: float, seed: int
+    ) -> FilterOutcome:
         return random_like(_classified(self, result), sigma, seed)
 
 

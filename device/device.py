@@ -305,7 +305,9 @@ class Device:
     async def on_notice(self, notice: DownNotice) -> Outcome:
         """Today's batches are over (exhausted / quota): stop pulling, train on what was filtered."""
         if notice.device != self.pseudonym:
-            return self._wrong_device(f"notice for request {notice.request_id} is addressed to {notice.device}")
+            return self._wrong_device(
+                f"notice for request {notice.request_id} is addressed to {notice.device}"
+            )
         out = Outcome()
         async with self.lock:
             await self.prepare()
@@ -379,8 +381,8 @@ class Device:
         await store.apply_filter(outcome)
         await self._log_kept(store, list(outcome.keep))
         acc = self.rt.accounting
-        acc.record(RoundRecord(self.pseudonym, "filter", wall, cpu, acc.rss_mb(), st.bytes_unfiltered, len(pending),
-                               len(outcome.keep), st.now_ts))
+        sizes = (st.bytes_unfiltered, len(pending), len(outcome.keep), st.now_ts)
+        acc.record(RoundRecord(self.pseudonym, "filter", wall, cpu, acc.rss_mb(), *sizes))
         st.filters += 1
         st.bytes_unfiltered = 0
         st.filter_ms_since_train += wall

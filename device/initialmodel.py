@@ -1,4 +1,4 @@
-"""The initial model M0 as a model file: from the cloud's weights, or freshly initialised for tests and benches."""
+"""The initial model M0 as a model file: the cloud's weights, or fresh ones for tests and benches."""
 
 from __future__ import annotations
 

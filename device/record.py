@@ -1,4 +1,4 @@
-"""What a device remembers between messages: its record (one msgpack row in its database) and the state keys."""
+"""What a device remembers between messages: its record (one msgpack row) and its state keys."""
 
 from __future__ import annotations
 

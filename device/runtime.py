@@ -1,4 +1,4 @@
-"""What a fleet's devices share: settings, the database pool, where torch jobs run, loaded models, accounting."""
+"""What a fleet's devices share: settings, database pool, where torch jobs run, loaded models, accounting."""
 
 from __future__ import annotations
 

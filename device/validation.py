@@ -1,4 +1,4 @@
-"""Down-tunnel checks: a batch's size, payload, sample count and feature buckets, before anything is stored."""
+"""Down-tunnel checks: a batch's size, payload, sample count and feature buckets, before it is stored."""
 
 from __future__ import annotations
 

@@ -434,7 +434,8 @@ def run_offline(split: Split, s: Settings, seed: int, global_seed: int = 0,
     rows = [EvalRow(seed, arm, user, ts // DAY - split.cut_day, ts, label, score, sid)
             for arm, user, sid, ts, label, score in run.rows]
     devices = run.devices.values()
-    return OfflineRun(seed, rows, {d.pseudonym: d.kept_ids for d in devices}, {d.pseudonym: d.arm.name for d in devices},
+    return OfflineRun(seed, rows, {d.pseudonym: d.kept_ids for d in devices},
+                      {d.pseudonym: d.arm.name for d in devices},
                       {d.pseudonym: d.user_id for d in devices}, {d.pseudonym: d.trains for d in devices},
                       {d.pseudonym: d.steps for d in devices}, {d.pseudonym: run.model_change(d) for d in devices},
                       {d.pseudonym: d.valid for d in devices},

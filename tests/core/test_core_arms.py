@@ -122,14 +122,16 @@ def _samples(user: str, n: int, tags: range, seed: int) -> list[Sample]:
     for i in range(n):
         length = rng.randint(3, SPACE.seq_len)
         seq_tags = tuple(tuple(sorted(rng.sample(tags, 2))) for _ in range(length))
-        out.append(Sample(f"{user}-{i}", user, i, rng.randrange(SPACE.item_buckets), tuple(sorted(rng.sample(tags, 2))),
-                          tuple(rng.randrange(SPACE.item_buckets) for _ in range(length)), seq_tags,
-                          (rng.randrange(SPACE.profile_buckets),), int(rng.random() < 0.3)))
+        item, item_tags = rng.randrange(SPACE.item_buckets), tuple(sorted(rng.sample(tags, 2)))
+        seq = tuple(rng.randrange(SPACE.item_buckets) for _ in range(length))
+        profile = (rng.randrange(SPACE.profile_buckets),)
+        label = int(rng.random() < 0.3)
+        out.append(Sample(f"{user}-{i}", user, i, item, item_tags, seq, seq_tags, profile, label))
     return out
 
 
 def test_select_kept_runs_the_classifier_once_with_the_filter_seed_and_lets_the_arm_choose() -> None:
-    """The step both engines share: Algorithm 2 with the filter seed, then the arm's keep with the random seed."""
+    """The step both engines share: Algorithm 2 with the filter seed, then the arm's keep with the random one."""
     local = _samples("me", 60, range(8), 1)
     pending = _samples("alike", 30, range(8), 2) + _samples("other", 30, range(16, 24), 3)
     ids = [x.sample_id for x in pending]
