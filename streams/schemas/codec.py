@@ -199,7 +199,7 @@ def _prepared(hint: Any, value: Any) -> Any:
 
     Fields come in definition order, up to the first required one missing or nil (msgspec
     reports that after the fields before it); a nil where a default exists means the default;
-    profile values become strings; non-finite floats become `_NotFinite`.
+    profile values become strings; a bool for a float is 0.0 or 1.0; non-finite floats become `_NotFinite`.
     """
     hint, profile = _unwrapped(hint)
     if isinstance(hint, type) and issubclass(hint, msgspec.Struct) and isinstance(value, dict):
@@ -209,6 +209,8 @@ def _prepared(hint: Any, value: Any) -> Any:
         return [_prepared(item, v) for v in value] if _needs_preparing(item) else value
     if profile and isinstance(value, dict):
         return {k: _profile_text(v) for k, v in value.items()}
+    if hint is float and isinstance(value, bool):
+        return float(value)  # the field checks always took a bool as 0.0 or 1.0 (msgspec refuses it)
     if hint is float and isinstance(value, float) and not math.isfinite(value):
         return _NotFinite()
     return value
@@ -282,14 +284,26 @@ def _schema_error(err: msgspec.ValidationError, prefix: str) -> SchemaError:
     if reason == "missing_field":
         name = message.partition("`")[2].rstrip("`")
         return SchemaError(reason, f"{where + '.' if where else ''}{name} is required")
-    return SchemaError(reason, f"{where or 'message'}: {message.replace('_NotFinite', 'NaN or infinity')}")
+    if reason == "not_finite":
+        return SchemaError(reason, f"{where}: NaN or infinity is not a finite number")
+    return SchemaError(reason, f"{where or 'message'}: {_plain_words(message)}")
+
+
+# msgspec's names for msgpack types → the Python names the details always used
+_TYPE_NAMES = {"array": "list", "object": "map", "null": "None"}
+
+
+def _plain_words(message: str) -> str:
+    """'Expected `int`, got `str`' → 'expected int, got str' (what ops/deadletters.py parses)."""
+    parts = message.split("`")
+    for i in range(1, len(parts), 2):
+        parts[i] = " | ".join(_TYPE_NAMES.get(name, name) for name in parts[i].split(" | "))
+    text = "".join(parts)
+    return text[:1].lower() + text[1:]
 
 
 def _where(at: str, prefix: str) -> str:
-    """msgspec's "$.events[0].ts" (or "`key` in `$.x`") as the checks named it: "events[0].ts"."""
-    at = at.replace("` in `", " in ")
-    if "$" not in at:
-        return prefix
-    head, _, path = at.partition("$")
-    path = (prefix + path) if prefix else path.removeprefix(".")
-    return head + path
+    """msgspec's "$.events[0].ts" (or "key` in `$.profile") as the checks named it: "events[0].ts"."""
+    at, key = (at.partition("` in `")[2], ".key") if at.startswith("key` in `") else (at, "")
+    path = at.removeprefix("$")
+    return (prefix + path if prefix else path.removeprefix(".")) + key

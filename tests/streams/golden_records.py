@@ -250,6 +250,7 @@ LENIENT: dict[str, Callable[[], bytes]] = {
     "unknown_fields": lambda: _with("up.events", lambda b: b.update(extra=[1, {"x": b"y"}], pad=b"\0" * 10)),
     "fields_reordered": lambda: msgpack.packb(dict(reversed(_body("up.events").items())), use_bin_type=True),
     "int_for_float": lambda: _with("user.vector", _set_in("vector", [1, 0.5])),
+    "bool_for_float": lambda: _with("match.result", _set_in("scores", [True, False])),
     "missing_defaulted_fields": lambda: _with("neighbour.query.parts", lambda b: [b.pop(k) for k in ("parts", "ranks")]),
     "kind_version_last": lambda: msgpack.packb({"day": 3, "k": "control.day_end", "v": 1}),
     "memoryview_input": lambda: bytes.fromhex(golden()["records"]["up.pull"]),
