@@ -183,6 +183,7 @@ MALFORMED: dict[str, Callable[[], tuple[bytes, dict[str, Any]]]] = {
     "unknown_version.str": lambda: (_with("up.events", _set_in("v", "1")), {}),
     "unknown_version.float": lambda: (_with("up.events", _set_in("v", 1.0)), {}),
     "unknown_version.missing": lambda: (_with("up.events", _drop("v")), {}),
+    "unknown_kind.repeated_key": lambda: (_repeat_kind(), {}),
     "unexpected_kind": lambda: (bytes.fromhex(golden()["records"]["control.day_end"]), {"expect": ["UpEnvelope"]}),
     "unexpected_kind.truncated": lambda: (bytes.fromhex(golden()["records"]["control.day_end"])[:-1],
                                           {"expect": ["UpEnvelope"]}),
@@ -255,6 +256,12 @@ LENIENT: dict[str, Callable[[], bytes]] = {
     "kind_version_last": lambda: msgpack.packb({"day": 3, "k": "control.day_end", "v": 1}),
     "memoryview_input": lambda: bytes.fromhex(golden()["records"]["up.pull"]),
 }
+
+
+def _repeat_kind() -> bytes:
+    """up.events with a second "k" entry, naming no kind, after the fields (the last entry wins in msgpack)."""
+    raw = _up_raw()
+    return bytes([raw[0] + 1]) + raw[1:] + msgpack.packb("k") + msgpack.packb("nope")
 
 
 def _deep(depth: int) -> bytes:
