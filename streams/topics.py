@@ -107,7 +107,7 @@ def _parse_entry(entry: Any, where: str) -> TopicSpec:
         "partitions": (isinstance(entry["partitions"], int) and not isinstance(entry["partitions"], bool)
                        and 1 <= entry["partitions"] <= 1024, "an integer in 1..1024"),
         "key": (isinstance(entry["key"], str) and entry["key"], "a non-empty string"),
-        "value": (entry["value"] in SCHEMAS, f"a schema name from streams/schemas.py ({', '.join(sorted(SCHEMAS))})"),
+        "value": (entry["value"] in SCHEMAS, f"a schema name from streams/schemas ({', '.join(sorted(SCHEMAS))})"),
         "cleanup": (entry["cleanup"] in ("delete", "compact"), "'delete' or 'compact'"),
         "retention": (isinstance(entry["retention"], str) and _RETENTION.match(entry["retention"]),
                       "'forever' or a duration like 7d, 12h, 30m"),

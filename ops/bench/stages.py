@@ -40,7 +40,7 @@ from streams.settings import Settings
 # stage → (file suffix, function name) whose cumulative main-thread time is the stage's
 STAGES: dict[str, tuple[tuple[str, str], ...]] = {
     "decode/validate": (("agents/context.py", "accept"),),
-    "sample building": (("agents/ingest.py", "build_samples"), ("streams/schemas.py", "SampleBatch.of")),
+    "sample building": (("agents/ingest.py", "build_samples"), ("streams/schemas/messages.py", "SampleBatch.of")),
     "produce": (("agents/context.py", "send"), ("aiokafka/producer/sender.py", "_sender_routine")),
     "vector fold": (("agents/vectors.py", "_fold_user"),),
     "changelog": (("agents/context.py", "put"), ("agents/context.py", "drop")),

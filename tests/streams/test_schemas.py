@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 import zlib
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import msgpack
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
+from msgspec.structs import fields
 
 from core.sample import Sample
 from streams import schemas as s
