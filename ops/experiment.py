@@ -272,12 +272,13 @@ class DayBarrier:
     fetches every partition's last batch).
     """
 
-    def __init__(self, settings: Settings, topics: Any, procs: Any, poll_s: float = 0.15) -> None:
+    def __init__(self, settings: Settings, topics: Any, procs: Any, poll_s: float = 0.15,
+                 busy_poll_max_s: float = 1.0) -> None:
         from ops.pipeline import subscriptions
         from ops.topicio import LagProbe
         from streams.kafka import consumer
 
-        self.procs, self.poll_s = procs, poll_s
+        self.procs, self.poll_s, self.busy_poll_max_s = procs, poll_s, busy_poll_max_s
         self.probe = LagProbe(settings, subscriptions(settings, topics, 1, True))
         self._ends = consumer(settings, enable_auto_commit=False)
         self._parts: list[Any] = []
@@ -310,14 +311,17 @@ class DayBarrier:
     async def wait(self, timeout_s: float = 900, stable_polls: int = 2) -> None:
         """Until every group has had zero lag for `stable_polls` polls in a row."""
         deadline = time.monotonic() + timeout_s
-        quiet = 0
+        quiet, delay = 0, self.poll_s
         while quiet < stable_polls:
             self.procs.check()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"namespace not quiet after {timeout_s:.0f} s")
             busy = await self._surely_busy() or await self.probe.lag() > 0
             quiet = 0 if busy else quiet + 1
-            await asyncio.sleep(self.poll_s)
+            # devices train for minutes while a poll costs the broker a request per group: back off
+            # while busy (the end is seen at most busy_poll_max_s late), confirm quiet at full speed
+            delay = min(2 * delay, self.busy_poll_max_s) if busy else self.poll_s
+            await asyncio.sleep(delay)
 
 
 def _fleet_stats(s: Settings) -> dict[str, Any]:
