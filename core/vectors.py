@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from core.features import FeatureSpace, user_feature_sparse
 from core.sample import DAY, Sample
 
+KEEP_RECENT = 500  # in-window samples kept per user (newest)
+DEDUP_DAYS = 14  # how long a counted sample id is remembered against redelivery
+
 
 @dataclass(slots=True)
 class UserAccumulator:
@@ -55,6 +58,21 @@ class UserAccumulator:
         horizon = now_ts - dedup_days * DAY
         if len(self.counted) > keep_recent:
             self.counted = {sid: ts for sid, ts in self.counted.items() if ts >= horizon}
+
+
+def fold(acc: UserAccumulator | None, samples: Iterable[Sample], space: FeatureSpace,
+         window_days: int) -> tuple[UserAccumulator, list[Sample]]:
+    """Pure step: the previous accumulator (left as it was) + samples → the new one and the samples that were new."""
+    folded = UserAccumulator() if acc is None else \
+        UserAccumulator(acc.count, list(acc.total), acc.last_ts, dict(acc.counted), list(acc.recent))
+    return folded, absorb(folded, samples, space, window_days)
+
+
+def absorb(acc: UserAccumulator, samples: Iterable[Sample], space: FeatureSpace, window_days: int) -> list[Sample]:
+    """`fold` in place, for an accumulator that is already the caller's own (one just decoded from state)."""
+    fresh = acc.add(samples, space)
+    acc.prune(acc.last_ts, window_days, DEDUP_DAYS, KEEP_RECENT)
+    return fresh
 
 
 def mean_vector(features: Sequence[Sequence[float]]) -> list[float]:

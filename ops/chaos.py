@@ -31,9 +31,9 @@ from typing import Any
 
 import msgpack
 
-from agents.ingest import build_samples
-from agents.vectors import fold
+from core.ingest import IngestHistory, build_samples
 from core.privacy import device_pseudonym, user_pseudonym
+from core.vectors import UserAccumulator, fold
 from ops.cloudrun import merged_worker_stats
 from ops.exports import RunRecords
 from ops.pipeline import WORKER_TOPICS, Processes, barrier
@@ -42,11 +42,9 @@ from streams.kafka import committed_offsets, end_offsets, ensure_topics, produce
 from streams.schemas import (
     BehaviourEvent,
     DayEnd,
-    HistoryState,
     PullRequest,
     SchemaError,
     UpEnvelope,
-    UserState,
     decode,
     encode,
     to_plain,
@@ -228,20 +226,19 @@ class Expected:
 def expected_state(plans: Sequence[DayPlan], settings: Settings) -> Expected:
     """Run the ingest and user-vector agents' pure steps over the plans, in replay order."""
     key, space = settings.pseudonym_key, settings.features
-    histories: dict[str, HistoryState] = {}
-    users: dict[str, UserState] = {}
+    histories: dict[str, IngestHistory] = {}
+    users: dict[str, UserAccumulator] = {}
     ids: dict[str, Any] = {}
     for plan in plans:
-        for device, events in plan.by_device:
+        for _device, events in plan.by_device:
             by_user: dict[str, list[BehaviourEvent]] = {}
             for e in events:
                 by_user.setdefault(e.user_id, []).append(e)
             for user_id, evs in by_user.items():
                 user = user_pseudonym(key, user_id)
-                samples, histories[user] = build_samples(user, evs, histories.get(user) or HistoryState(), space)
+                samples, histories[user] = build_samples(user, evs, histories.get(user) or IngestHistory(), space)
                 if samples:
-                    users[user], _ = fold(users.get(user), samples, space, settings.match_window_days,
-                                          device_pseudonym(key, device))
+                    users[user], _ = fold(users.get(user), samples, space, settings.match_window_days)
                     ids.update((s.sample_id, s) for s in samples)
     vectors = {u: (st.count, [t / st.count for t in st.total]) for u, st in users.items() if st.count}
     return Expected(vectors, ids)

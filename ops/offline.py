@@ -32,7 +32,7 @@ from core.personalize import limit_training
 from core.privacy import device_pseudonym, user_pseudonym
 from core.sample import DAY, SAMPLE_ACTIONS, Sample
 from core.training import TrainConfig, model_for_space, predict, train_gated
-from core.vectors import UserAccumulator
+from core.vectors import UserAccumulator, absorb
 from device.record import SEEN_ID_CHARS
 from device.torchconfig import configure_torch, device_train_config
 from ops.experiment import EvalRow, Split
@@ -41,8 +41,6 @@ from streams.schemas import BehaviourEvent
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-
-KEEP_RECENT, DEDUP_DAYS = 500, 14  # as agents/vectors.py
 
 
 def _fields(e: BehaviourEvent) -> dict[str, Any]:
@@ -105,8 +103,7 @@ class Cloud:
         if not samples:
             return
         acc = self.users.setdefault(user, UserAccumulator())
-        fresh = acc.add(samples, self.space)
-        acc.prune(acc.last_ts, self.s.match_window_days, DEDUP_DAYS, KEEP_RECENT)
+        fresh = absorb(acc, samples, self.space, self.s.match_window_days)  # as the user-vector agent
         self.pool.update((x.sample_id, x) for x in fresh)
         if fresh:
             self.index.upsert([UserPoint(user, acc.mean, acc.count, acc.last_ts)])

@@ -10,7 +10,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from relhelp import PULL_BATCHES, Reference, namespace
 
-from agents.ingest import build_samples
+from core.ingest import IngestHistory, build_samples
 from ops.chaos import (
     MUTATIONS,
     ChaosRun,
@@ -21,7 +21,7 @@ from ops.chaos import (
     reconcile,
 )
 from ops.exports import collect
-from streams.schemas import BehaviourEvent, HistoryState, SchemaError, UpEnvelope, decode, encode
+from streams.schemas import BehaviourEvent, SchemaError, UpEnvelope, decode, encode
 from streams.settings import Settings
 from streams.topics import load_topics
 
@@ -105,13 +105,13 @@ distinct_events = st.lists(events, min_size=1, max_size=12, unique_by=lambda e: 
 def test_ingest_is_order_free_and_idempotent(evs: list[BehaviourEvent], rng: random.Random) -> None:
     """Shuffled events give the same samples; redelivering them adds none and leaves the history as it was."""
     space = SETTINGS.features
-    samples, state = build_samples("user", evs, HistoryState(), space)
+    samples, state = build_samples("user", evs, IngestHistory(), space)
     shuffled = list(evs)
     rng.shuffle(shuffled)
-    again, state2 = build_samples("user", shuffled, HistoryState(), space)
+    again, state2 = build_samples("user", shuffled, IngestHistory(), space)
     assert again == samples and state2 == state
     redelivered, state3 = build_samples("user", shuffled, state, space)
-    assert redelivered == [] and state3.items == state.items and state3.tags == state.tags
+    assert redelivered == [] and state3.history == state.history
     assert len({s.sample_id for s in samples}) == len(samples)
 
 

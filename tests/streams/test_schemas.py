@@ -140,12 +140,12 @@ def test_unexpected_kind_on_a_topic() -> None:
 
 def test_sample_sets_round_trip_exactly_and_share_the_timeline() -> None:
     """A user's consecutive samples (sliding sequences) and unrelated ones come back equal."""
-    from agents.ingest import build_samples
     from core.features import FeatureSpace
+    from core.ingest import IngestHistory, build_samples
 
     events = [s.BehaviourEvent("u1", 1_000 + i, f"item-{i % 7}", [f"t{i % 3}", f"t{i % 5}"],
                                "click" if i % 3 else "like") for i in range(60)]
-    samples, _ = build_samples("u", events, s.HistoryState(), FeatureSpace(seq_len=20))
+    samples, _ = build_samples("u", events, IngestHistory(), FeatureSpace(seq_len=20))
     rng = random.Random(2)
     unrelated = [replace(make_sample(rng, i), user="u") for i in range(20)]
     for group in (samples, unrelated, samples[::-1], []):
