@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 from aiokafka.partitioner import murmur2
@@ -29,6 +29,16 @@ def partition_for(key: str, partitions: int) -> int:
 
 
 Accepted = tuple[faust.EventT, Record]  # an event and its decoded record
+R = TypeVar("R", bound=Record)
+
+
+def partitioned(run: Sequence[Accepted], kind: type[R] | tuple[type[R], ...]) -> list[tuple[int, R]]:
+    """Each record of `run` (all of `kind`) with its event's partition: where its state writes go."""
+    out = []
+    for event, record in run:
+        assert isinstance(record, kind)
+        out.append((event.message.partition, record))
+    return out
 
 
 def segments(accepted: Sequence[Accepted],
