@@ -14,7 +14,7 @@ from pathlib import Path
 import faust
 from aiokafka import TopicPartition
 
-from agents import assemble, ingest, match, vectors
+from agents import assemble, ingest, match, neighbours, vectors
 from agents.context import CloudContext
 from agents.index import UserPoint, open_index
 from streams import codec  # noqa: F401 - registers the "coda" codec used by tables
@@ -54,8 +54,9 @@ def build_worker(settings: Settings, worker_id: str = "0", topics: Topics | None
     ctx.index = open_index(settings.index_url, settings.tag_buckets, home)
     ctx.index_home = home
     ingest.register(ctx)
-    users = vectors.register(ctx)
-    match.register(ctx, users)
+    user_tables = vectors.register(ctx)
+    neighbours.register(ctx, user_tables)
+    match.register(ctx, user_tables.users)
     assemble.register(ctx)
     replica_group = f"{settings.app_id}-index-{worker_id}"
 
