@@ -7,9 +7,9 @@ comes from cProfile over a second, identical run (the profiler slows Python code
 shares, and the unprofiled run gives the microseconds):
 
 - decode/validate: `CloudContext.accept` (every agent's decode and schema validation)
-- sample building: `ingest.build_samples` and `SampleBatch.of`
+- sample building: `core.ingest.build_samples` and `SampleBatch.of`
 - produce: `CloudContext.send` (encode + Faust send) and aiokafka's sender task
-- vector fold: the user-vector agent's `_fold_user` (fold, merge of the in-window days)
+- vector fold: the user-vector agent's `fold_user` (fold, merge of the in-window days)
 - changelog: `agents.context.put` / `drop` (table writes and their changelog records)
 - index: the replica's follower on the main thread (fetch + decode of user vectors) plus the
   index thread
@@ -40,9 +40,9 @@ from streams.settings import Settings
 # stage → (file suffix, function name) whose cumulative main-thread time is the stage's
 STAGES: dict[str, tuple[tuple[str, str], ...]] = {
     "decode/validate": (("agents/context.py", "accept"),),
-    "sample building": (("agents/ingest.py", "build_samples"), ("streams/schemas/messages.py", "SampleBatch.of")),
+    "sample building": (("core/ingest.py", "build_samples"), ("streams/schemas/messages.py", "SampleBatch.of")),
     "produce": (("agents/context.py", "send"), ("aiokafka/producer/sender.py", "_sender_routine")),
-    "vector fold": (("agents/vectors.py", "_fold_user"),),
+    "vector fold": (("agents/vectors.py", "fold_user"),),
     "changelog": (("agents/context.py", "put"), ("agents/context.py", "drop")),
     "index (main thread)": (("agents/worker.py", "follow_user_vectors"),),
 }
