@@ -84,3 +84,14 @@ async def perform(ctx: CloudContext, stage: str, plan: Plan) -> None:
     extra = ctx.stage(stage).extra
     for name, n in plan.counts.items():
         extra[name] += n
+
+
+async def collect(plan: Plan) -> list[Send]:
+    """Carry the plan out without a broker (over dict states): writes applied, sends returned in order."""
+    sent: list[Send] = []
+
+    async def keep(step: Send) -> None:
+        sent.append(step)
+
+    await carry_out(plan, keep)
+    return sent
