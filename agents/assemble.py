@@ -65,13 +65,13 @@ def on_answer(answer: NeighbourSamples, partition: int, devices: KeyedState[Devi
     if len(pending.got) < pending.parts:
         plan.put(devices, partition, key, with_(state, pending=[*others, pending]))
         return plan
-    deliver(plan, answer.device, state, pending, others, partition, devices, settings)
-    return plan
+    return deliver(answer.device, state, pending, others, partition, devices, settings)
 
 
-def deliver(plan: Plan, device: str, state: DeviceState, pending: PendingGather, others: list[PendingGather],
-            partition: int, devices: KeyedState[DeviceState], settings: Settings) -> None:
+def deliver(device: str, state: DeviceState, pending: PendingGather, others: list[PendingGather],
+            partition: int, devices: KeyedState[DeviceState], settings: Settings) -> Plan:
     """All parts are in: merge newest-first by neighbour rank, dedup, batch within quota."""
+    plan = Plan()
     quota = DailyQuota(state.day, state.used).on(pending.day)
     since = window_start_ts(pending.day, settings.match_window_days)
     sent = {i: t for i, t in zip(state.sent_ids, state.sent_ts, strict=True) if t >= since}
@@ -88,6 +88,7 @@ def deliver(plan: Plan, device: str, state: DeviceState, pending: PendingGather,
         notice(plan, device, pending.request_id, pending.day, "exhausted", quota.used)
     elif quota.remaining(settings.batches_per_day) == 0:
         notice(plan, device, pending.request_id, pending.day, "quota", quota.used)
+    return plan
 
 
 def assemble_batches(pending: PendingGather, sent: dict[str, int], remaining: int,
