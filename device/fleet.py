@@ -57,6 +57,7 @@ from streams.schemas import (
     encode,
 )
 from streams.settings import Settings
+from streams.topicio import read_topic
 from streams.topics import Topics, load_topics
 
 log = logging.getLogger(__name__)
@@ -70,42 +71,24 @@ async def load_global_model(
 ) -> GlobalModel | None:
     """The newest (created_ts, then offset) GlobalModel on the `models` topic, or None if it is empty."""
     name = topics.name("models")
-    client = kafka.consumer(
-        settings,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=MODEL_MAX_BYTES,
-        fetch_max_bytes=MODEL_MAX_BYTES,
-    )
-    await client.start()
     try:
-        parts = client.partitions_for_topic(name)
-        if not parts:
-            await client._client.force_metadata_update()
-            parts = client.partitions_for_topic(name) or set()
-        tps = [TopicPartition(name, p) for p in sorted(parts)]
-        if not tps:
-            return None
-        client.assign(tps)
-        await client.seek_to_beginning(*tps)
-        ends = await client.end_offsets(tps)
-        best: tuple[int, int, GlobalModel] | None = None
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while [tp for tp in tps if await client.position(tp) < ends[tp]]:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"reading {name} took longer than {timeout_s}s")
-            for tp, records in (await client.getmany(timeout_ms=500)).items():
-                for r in records:
-                    try:
-                        gm = decode(r.value, MODEL_MAX_BYTES, (GlobalModel,))
-                    except SchemaError as err:
-                        log.warning("skipping %s[%d]@%d: %s", tp.topic, tp.partition, r.offset, err)
-                        continue
-                    assert isinstance(gm, GlobalModel)
-                    if best is None or (gm.created_ts, r.offset) >= best[:2]:
-                        best = (gm.created_ts, r.offset, gm)
-        return best[2] if best else None
-    finally:
-        await client.stop()
+        messages = await asyncio.wait_for(
+            read_topic(settings, name, fetch_max_bytes=MODEL_MAX_BYTES, max_partition_fetch_bytes=MODEL_MAX_BYTES),
+            timeout_s,
+        )
+    except TimeoutError:
+        raise TimeoutError(f"reading {name} took longer than {timeout_s}s") from None
+    best: tuple[int, int, GlobalModel] | None = None
+    for m in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        try:
+            gm = decode(m.value, MODEL_MAX_BYTES, (GlobalModel,))
+        except SchemaError as err:
+            log.warning("skipping %s[%d]@%d: %s", name, m.partition, m.offset, err)
+            continue
+        assert isinstance(gm, GlobalModel)
+        if best is None or (gm.created_ts, m.offset) >= best[:2]:
+            best = (gm.created_ts, m.offset, gm)
+    return best[2] if best else None
 
 
 def initial_from_global(settings: Settings, gm: GlobalModel | None) -> ModelFile:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 async def train_and_publish(settings: Settings, until_day: int | None, epochs: int, seed: int) -> dict[str, object]:
     from core.globalmodel import train_global
     from core.training import TrainConfig
-    from ops.topicio import read_records
+    from streams.topicio import read_records
     from streams.kafka import producer
     from streams.schemas import GlobalModel, SampleBatch, SampleBatchV1, encode
     from streams.topics import load_topics
@@ -69,7 +69,7 @@ async def train_and_publish(settings: Settings, until_day: int | None, epochs: i
 async def _no_samples(settings: Settings, samples: str, dead_topic: str) -> NoSamples:
     """The error names its cause: what the dead-letter topic says, or that nothing was rejected."""
     from ops.deadletters import cause
-    from ops.topicio import read_records
+    from streams.topicio import read_records
     from streams.schemas import DeadLetter
 
     letters = [r for r in await read_records(settings, dead_topic) if isinstance(r, DeadLetter)]

@@ -75,7 +75,7 @@ async def _events(args: argparse.Namespace, settings: Settings) -> Iterable[Mapp
 
 async def topic_events(settings: Settings, name: str, start: int | None, end: int | None) -> list[dict[str, Any]]:
     """Behaviour events carried by a historical topic's envelopes or action messages."""
-    from ops.topicio import read_topic
+    from streams.topicio import read_topic
     from streams.schemas import DeviceActions, SchemaError, UpEnvelope, decode
 
     events = []

@@ -253,7 +253,7 @@ async def _read_back(s: Settings, topics: Any, seed: int, model: dict[str, Any],
                      timings: dict[str, float]) -> SeedRun:
     """The devices' databases and the cloud's logs, once every process has stopped."""
     from device.fleet import read_devices
-    from ops.topicio import read_records
+    from streams.topicio import read_records
 
     devices = await read_devices(s.state_dir)
     batches = [r for r in await read_records(s, topics.name("batch-log")) if isinstance(r, BatchRecord)]
@@ -275,7 +275,7 @@ class DayBarrier:
     def __init__(self, settings: Settings, topics: Any, procs: Any, poll_s: float = 0.15,
                  busy_poll_max_s: float = 1.0) -> None:
         from ops.pipeline import subscriptions
-        from ops.topicio import LagProbe
+        from streams.topicio import LagProbe
         from streams.kafka import consumer
 
         self.procs, self.poll_s, self.busy_poll_max_s = procs, poll_s, busy_poll_max_s

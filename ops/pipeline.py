@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ops.topicio import wait_quiet
+from streams.topicio import wait_quiet
 from streams.settings import Settings
 from streams.topics import Topics
 

@@ -99,7 +99,7 @@ async def _pipeline(s: Settings, plans: list, workers: int) -> float:  # type: i
 
 
 async def _raw_ceiling(s: Settings) -> tuple[float, int]:
-    from ops.topicio import read_topic
+    from streams.topicio import read_topic
     from streams.topics import load_topics
 
     name = load_topics(s.topics_file, s.topic_prefix).name("up")
@@ -110,7 +110,7 @@ async def _raw_ceiling(s: Settings) -> tuple[float, int]:
 
 
 async def _faust_noop(s: Settings) -> tuple[float, int]:
-    from ops.topicio import read_topic
+    from streams.topicio import read_topic
     from streams.app import create_app, topic
     from streams.topics import load_topics
 

@@ -304,7 +304,7 @@ async def _cloud_run(s: Settings, plans: list[Any], events: int, workers: int,
 
 async def _topic_bytes(s: Settings) -> dict[str, int]:
     """Key + value bytes written to each of the namespace's topics (stream topics and table changelogs)."""
-    from ops.topicio import read_topic
+    from streams.topicio import read_topic
     from streams.kafka import admin
 
     client = await admin(s)

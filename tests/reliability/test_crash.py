@@ -22,7 +22,7 @@ from ops.checks import batch_rules
 from ops.exports import collect
 from ops.pipeline import Processes, barrier
 from ops.replay import DAY, Publisher
-from ops.topicio import read_records
+from streams.topicio import read_records
 from streams.app import true_highwaters
 from streams.kafka import admin, client_options, consumer, ensure_topics
 from streams.schemas import SampleBatch

@@ -13,7 +13,7 @@ import zlib
 
 from relhelp import CANARY, Reference
 
-from ops.topicio import read_topic
+from streams.topicio import read_topic
 from streams.kafka import admin
 from streams.schemas import DownBatch, SchemaError, decode, encode, unpack_samples
 

@@ -1,4 +1,4 @@
-"""Read whole topics (exports, checks) and wait for a namespace to go quiet (the day barrier)."""
+"""Read whole topics (exports, checks, the global model) and wait for a namespace to go quiet (the day barrier)."""
 
 from __future__ import annotations
 
@@ -23,14 +23,17 @@ class Message:
     key: bytes | None
     value: bytes
 
-async def read_topic(settings: Settings, name: str) -> list[Message]:
-    """Every record of `name` from offset 0 up to the end offsets seen at the start."""
+async def read_topic(settings: Settings, name: str, fetch_max_bytes: int = 64 * 1024 * 1024,
+                     max_partition_fetch_bytes: int = 16 * 1024 * 1024) -> list[Message]:
+    """Every record of `name` from offset 0 up to the end offsets seen at the start.
+
+    Topics of large records (the `models` topic) raise the fetch limits above one record's size."""
     ends = await end_offsets(settings, [name])
     todo = {tp: end for tp, end in ends.items() if end > 0}
     if not todo:
         return []
     reader = consumer(settings, enable_auto_commit=False, max_poll_records=10_000,
-                      fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024)
+                      fetch_max_bytes=fetch_max_bytes, max_partition_fetch_bytes=max_partition_fetch_bytes)
     await reader.start()
     out: list[Message] = []
     try:
