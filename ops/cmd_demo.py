@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def human_summary(summary: dict[str, Any], out: Path) -> list[str]:
     """What a person reads at the end of a run; the details are in summary.json (fields: README)."""
-    from ops import deadletters
+    from streams import deadletterview as deadletters
 
     inp, model, dev, d = summary["input"], summary["global_model"], summary["devices"], summary["dates"]
     lines = [(f"coda demo: {summary['namespace']}, {d['first']} – {d['last']} ({summary['days']} days: "
@@ -121,7 +121,7 @@ class Demo:
         return load_dataset(self.args.dataset).events
 
     async def _run(self, topics: Any) -> dict[str, Any]:
-        from ops.cmd_cloud import NoSamples, train_and_publish
+        from agents.globalmodel import NoSamples, train_and_publish
         from ops.pipeline import Processes, barrier
         from ops.replay import Progress, Publisher, plan_days
         from streams.kafka import ensure_topics
@@ -185,7 +185,7 @@ class Demo:
 
     async def _report(self, topics: Any, stats: dict[str, Any]) -> dict[str, Any]:
         """Read the run back from its topics, write the exports, check the invariants (with progress)."""
-        from ops import deadletters
+        from streams import deadletterview as deadletters
         from ops.checks import batch_rules, knn_recall, vector_norms, vector_parity
         from ops.exports import collect, write_exports
         from ops.replay import Progress
@@ -219,7 +219,7 @@ class Demo:
                             "hosted": fleets.get("devices_hosted", 0)}}
 
     def _write_dead_letters(self, letters: list[Any]) -> int:
-        from ops import deadletters
+        from streams import deadletterview as deadletters
         from ops.exports import write_jsonl
 
         self.args.out.mkdir(parents=True, exist_ok=True)
@@ -228,7 +228,7 @@ class Demo:
 
     async def _fail(self, topics: Any, exc: Any, history_events: int) -> RuntimeError:
         """No samples to train on: export the dead letters, write what is known, and say why."""
-        from ops import deadletters
+        from streams import deadletterview as deadletters
 
         rejected = sum(deadletters.events_in(d) for d in exc.letters)
         head = (f"all {history_events:,} history events were rejected" if exc.letters and rejected >= history_events

@@ -213,7 +213,7 @@ async def run_seed(root: Settings, split: Split, params: Params, seed: int, name
 async def _pool(s: Settings, topics: Any, split: Split, params: Params, pub: Any, procs: Any,
                 timings: dict[str, float]) -> dict[str, Any]:
     """History days up the tunnel into the cloud's pool, then the global model from it."""
-    from ops.cmd_cloud import train_and_publish
+    from agents.globalmodel import train_and_publish
     from ops.pipeline import barrier
 
     t0 = time.monotonic()

@@ -41,7 +41,7 @@ def run(out: Path, quick: bool, settings: Settings) -> dict[str, Any]:
 
 
 async def _run(base: Settings, scratch: Path, users: int, rate: float, seconds: float) -> dict[str, Any]:
-    from ops.cmd_cloud import train_and_publish
+    from agents.globalmodel import train_and_publish
     from ops.datasets import load_dataset
     from ops.namespace import in_namespace
     from ops.pipeline import Processes, barrier

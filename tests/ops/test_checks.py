@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ops import deadletters
+from streams import deadletterview as deadletters
 from ops.checks import batch_rules, knn_recall, vector_norms
 from ops.exports import RunRecords
 from streams.schemas import BehaviourEvent, DeadLetter, UpEnvelope, UserVector, encode
@@ -51,7 +51,7 @@ async def test_no_samples_error_names_the_dead_letters_behind_it(settings: Setti
     """'no samples to train on' says what was rejected and how often, read from the dead-letter topic."""
     import pytest
 
-    from ops.cmd_cloud import NoSamples, train_and_publish
+    from agents.globalmodel import NoSamples, train_and_publish
     from streams.kafka import ensure_topics, producer
     from streams.topics import load_topics
 
@@ -79,7 +79,7 @@ def test_a_demo_without_samples_says_which_events_were_rejected_and_why(tmp_path
     import asyncio
     import json
 
-    from ops.cmd_cloud import NoSamples
+    from agents.globalmodel import NoSamples
     from ops.cmd_demo import Demo
 
     envelope = encode(UpEnvelope("d", [BehaviourEvent("u", 1, "i", [], "click")] * 6))

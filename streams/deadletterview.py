@@ -1,5 +1,7 @@
 """A run's dead letters made readable: counts by reason with one example, rows for dead_letters.jsonl.
 
+streams/deadletter.py publishes a dead letter; this module reads them back for people.
+
 The embedded broker keeps its topics in memory only, so a run exports what it dead-lettered
 (and the input lines it refused) before the broker goes away.
 """
@@ -9,12 +11,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from ops.contract import Problem
 from streams.schemas import DeadLetter
+
+if TYPE_CHECKING:  # refused input lines: the input contract lives with replay, in ops/
+    from ops.replay.contract import Problem
 
 _DETAIL = re.compile(r"^(?P<field>[^:]+): expected (?P<expected>.+?), got (?P<got>[^,]+)$")
 
