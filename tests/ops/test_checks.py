@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ops.audit.checks import batch_rules, knn_recall, vector_norms
+from ops.audit.exports import RunRecords
 from streams import deadletterview as deadletters
-from ops.checks import batch_rules, knn_recall, vector_norms
-from ops.exports import RunRecords
 from streams.schemas import BehaviourEvent, DeadLetter, UpEnvelope, UserVector, encode
 from streams.settings import Settings
 
@@ -80,7 +80,7 @@ def test_a_demo_without_samples_says_which_events_were_rejected_and_why(tmp_path
     import json
 
     from agents.globalmodel import NoSamples
-    from ops.cmd_demo import Demo
+    from ops.cli.cmd_demo import Demo
 
     envelope = encode(UpEnvelope("d", [BehaviourEvent("u", 1, "i", [], "click")] * 6))
     detail = "events[0].profile['age']: expected str, got int"

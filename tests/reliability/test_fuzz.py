@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from relhelp import PULL_BATCHES, Reference, namespace
 
 from agents.ingest import build_samples
-from ops.chaos import (
+from ops.audit.exports import collect
+from ops.chaos.run import (
     MUTATIONS,
     ChaosRun,
     compare_vectors,
@@ -20,7 +21,6 @@ from ops.chaos import (
     mutate,
     reconcile,
 )
-from ops.exports import collect
 from streams.schemas import BehaviourEvent, HistoryState, SchemaError, UpEnvelope, decode, encode
 from streams.settings import Settings
 from streams.topics import load_topics

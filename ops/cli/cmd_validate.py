@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from streams.settings import Settings
 
 if TYPE_CHECKING:
-    from ops.contract import Validation
+    from ops.replay.contract import Validation
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from ops.contract import validate_file
+    from ops.replay.contract import validate_file
 
     result = validate_file(args.file, args.lenient)
     print("\n".join(result.report(args.show)))
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def checked_events(path: Path, lenient: bool, skip_invalid: bool) -> Validation:
     """Validate a whole file before anything is published: errors stop the run unless `skip_invalid`."""
-    from ops.contract import validate_file
+    from ops.replay.contract import validate_file
 
     result = validate_file(path, lenient)
     if not result.ok and not skip_invalid:

@@ -7,9 +7,9 @@ from dataclasses import replace
 from typing import Any
 
 from core.arms import ARMS
-from ops import abtest
-from ops.experiment import PAPER_SIGMA, EvalRow, Params, Split
-from ops.offline import run_offline
+from ops.experiment import abtest
+from ops.experiment.offline import run_offline
+from ops.experiment.runner import PAPER_SIGMA, EvalRow, Params, Split
 from streams.settings import Settings
 
 _CLICKS = {"match_feature": "clicks"}
@@ -59,7 +59,7 @@ def history_split(split: Split, share: float) -> Split:
 def global_rows(split: Split, settings: Settings) -> list[EvalRow]:
     """M0's score of every live event (what the cloud arm serves): every arm pairs with it on all its users."""
     from core.training import predict
-    from ops.references import global_model, live_samples, score_rows
+    from ops.experiment.references import global_model, live_samples, score_rows
 
     m0, space = global_model(split, settings), settings.features
     rows: list[EvalRow] = []

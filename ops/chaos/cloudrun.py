@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.worker import worker_dir
-from ops.pipeline import Processes, barrier
-from ops.replay import DAY, DayPlan, Publisher
+from ops.replay.publish import DAY, DayPlan, Publisher
+from ops.stack.pipeline import Processes, barrier
 from streams.kafka import ensure_topics
 from streams.schemas import PullRequest
 from streams.settings import Settings

@@ -35,8 +35,8 @@ from core.training import TrainConfig, model_for_space, predict, train_gated
 from core.vectors import UserAccumulator
 from device.record import SEEN_ID_CHARS
 from device.torchconfig import configure_torch, device_train_config
-from ops.experiment import EvalRow, Split
-from ops.replay import DayPlan
+from ops.experiment.runner import EvalRow, Split
+from ops.replay.publish import DayPlan
 from streams.schemas import BehaviourEvent
 from streams.settings import Settings
 

@@ -24,8 +24,8 @@ from core.globalmodel import train_global
 from core.models import DIN
 from core.sample import DAY, SAMPLE_ACTIONS, Sample
 from core.training import TrainConfig, model_for_space, predict, train_epochs
-from ops.experiment import EvalRow, Split
-from ops.offline import history_pool
+from ops.experiment.offline import history_pool
+from ops.experiment.runner import EvalRow, Split
 
 REFERENCE_SEED = -1  # reference rows belong to no seed: they are the same for every rotation
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.privacy import user_pseudonym
-from ops.replay import DAY, DayPlan, plan_days
+from ops.replay.publish import DAY, DayPlan, plan_days
 from streams.schemas import BatchRecord, BehaviourEvent, MatchResult
 from streams.settings import Settings
 
 if TYPE_CHECKING:
-    from device.fleet import DeviceExport
+    from ops.experiment.devices import DeviceExport
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Params:
             object.__setattr__(self, "sigma", RECIPES[self.recipe].get("sigma", PAPER_SIGMA))
 
     def settings_for(self, root: Settings, namespace: str, seed: int) -> Settings:
-        from ops.namespace import in_namespace
+        from ops.stack.namespace import in_namespace
 
         scoped = in_namespace(root, namespace).replace(
             pull_trigger="day_end", arm_mode="buckets", arm_seed=seed, k_neighbours=self.k,
@@ -183,8 +183,8 @@ class SeedRun:
 async def run_seed(root: Settings, split: Split, params: Params, seed: int, namespace: str,
                    say: Say, keep_state: bool = False, bar: bool = True) -> SeedRun:
     """One full pipeline run: history → pool, train-global, live days with barriers, read-back."""
-    from ops.pipeline import Processes
-    from ops.replay import Publisher
+    from ops.replay.publish import Publisher
+    from ops.stack.pipeline import Processes
     from streams.kafka import bootstrap_servers, ensure_topics
     from streams.topics import load_topics
 
@@ -214,7 +214,7 @@ async def _pool(s: Settings, topics: Any, split: Split, params: Params, pub: Any
                 timings: dict[str, float]) -> dict[str, Any]:
     """History days up the tunnel into the cloud's pool, then the global model from it."""
     from agents.globalmodel import train_and_publish
-    from ops.pipeline import barrier
+    from ops.stack.pipeline import barrier
 
     t0 = time.monotonic()
     for plan in split.history:  # the pool needs no day ticks: no device pulls before the split
@@ -230,7 +230,7 @@ async def _pool(s: Settings, topics: Any, split: Split, params: Params, pub: Any
 async def _live(s: Settings, topics: Any, split: Split, seed: int, pub: Any, procs: Any, say: Say, bar: bool,
                 timings: dict[str, float]) -> None:
     """Live days as device actions: publish, barrier, day-end ticks (pulls), barrier."""
-    from ops.replay import Progress
+    from ops.replay.publish import Progress
 
     t0 = time.monotonic()
     progress = Progress(sum(p.events for p in split.live), f"seed {seed} live", force=bar)
@@ -252,7 +252,7 @@ async def _live(s: Settings, topics: Any, split: Split, seed: int, pub: Any, pro
 async def _read_back(s: Settings, topics: Any, seed: int, model: dict[str, Any],
                      timings: dict[str, float]) -> SeedRun:
     """The devices' databases and the cloud's logs, once every process has stopped."""
-    from device.fleet import read_devices
+    from ops.experiment.devices import read_devices
     from streams.topicio import read_records
 
     devices = await read_devices(s.state_dir)
@@ -263,7 +263,7 @@ async def _read_back(s: Settings, topics: Any, seed: int, model: dict[str, Any],
 
 
 class DayBarrier:
-    """ops.pipeline.barrier for a whole replay, cheaper per poll: same rule, lighter on the broker.
+    """ops.stack.pipeline.barrier for a whole replay, cheaper per poll: same rule, lighter on the broker.
 
     The probe stays open for the replay instead of one per wait, and a poll first compares
     committed offsets with the broker's *reported* end offsets from a long-lived client (one
@@ -274,9 +274,9 @@ class DayBarrier:
 
     def __init__(self, settings: Settings, topics: Any, procs: Any, poll_s: float = 0.15,
                  busy_poll_max_s: float = 1.0) -> None:
-        from ops.pipeline import subscriptions
-        from streams.topicio import LagProbe
+        from ops.stack.pipeline import subscriptions
         from streams.kafka import consumer
+        from streams.topicio import LagProbe
 
         self.procs, self.poll_s, self.busy_poll_max_s = procs, poll_s, busy_poll_max_s
         self.probe = LagProbe(settings, subscriptions(settings, topics, 1, True))
@@ -342,7 +342,7 @@ def run_streaming(root: Settings, split: Split, params: Params, say: Say, keep_s
     `parallel` seeds run at once (each its own worker and fleet): on a machine with a spare core
     the pipelines overlap their waits, at the price of more processes at a time.
     """
-    from ops import stack
+    from ops.stack import broker as stack
     from streams.kafka import stack_file
     from streams.topics import load_topics
 

@@ -10,7 +10,7 @@ import numpy as np
 from core.features import FeatureSpace, user_feature
 from core.sample import DAY
 from core.vectors import mean_vector
-from ops.exports import RunRecords
+from ops.audit.exports import RunRecords
 
 
 def vector_parity(run: RunRecords, space: FeatureSpace) -> dict[str, Any]:

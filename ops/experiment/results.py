@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from core.arms import ARMS, REFERENCES
-from ops import abtest
-from ops.experiment import EvalRow, Params, Split, pseudonyms
+from ops.experiment import abtest
+from ops.experiment.runner import EvalRow, Params, Split, pseudonyms
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.sample import DAY
-from ops.cmd_validate import add_input_options
+from ops.cli.cmd_validate import add_input_options
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from ops.namespace import in_namespace
+    from ops.stack.namespace import in_namespace
 
     args.checked = None
     if args.events:  # the whole file is checked before the stack starts or anything is published
-        from ops.cmd_validate import checked_events
+        from ops.cli.cmd_validate import checked_events
 
         args.checked = checked_events(args.events, args.lenient, args.skip_invalid)
     namespace = args.namespace or f"demo-{int(time.time())}"
@@ -87,7 +87,7 @@ class Demo:
         print(f"[demo] {message}", file=sys.stderr, flush=True)
 
     async def run(self) -> dict[str, Any]:
-        from ops import stack
+        from ops.stack import broker as stack
         from streams.kafka import stack_file
         from streams.topics import load_topics
 
@@ -122,8 +122,8 @@ class Demo:
 
     async def _run(self, topics: Any) -> dict[str, Any]:
         from agents.globalmodel import NoSamples, train_and_publish
-        from ops.pipeline import Processes, barrier
-        from ops.replay import Progress, Publisher, plan_days
+        from ops.replay.publish import Progress, Publisher, plan_days
+        from ops.stack.pipeline import Processes, barrier
         from streams.kafka import ensure_topics
 
         s = self.settings
@@ -185,10 +185,10 @@ class Demo:
 
     async def _report(self, topics: Any, stats: dict[str, Any]) -> dict[str, Any]:
         """Read the run back from its topics, write the exports, check the invariants (with progress)."""
+        from ops.audit.checks import batch_rules, knn_recall, vector_norms, vector_parity
+        from ops.audit.exports import collect, write_exports
+        from ops.replay.publish import Progress
         from streams import deadletterview as deadletters
-        from ops.checks import batch_rules, knn_recall, vector_norms, vector_parity
-        from ops.exports import collect, write_exports
-        from ops.replay import Progress
 
         s = self.settings
         progress = Progress(7, "exports and checks")
@@ -219,8 +219,8 @@ class Demo:
                             "hosted": fleets.get("devices_hosted", 0)}}
 
     def _write_dead_letters(self, letters: list[Any]) -> int:
+        from ops.audit.exports import write_jsonl
         from streams import deadletterview as deadletters
-        from ops.exports import write_jsonl
 
         self.args.out.mkdir(parents=True, exist_ok=True)
         refused = self.args.checked.rejected if self.args.checked else []

@@ -34,10 +34,10 @@ import msgpack
 from agents.ingest import build_samples
 from agents.vectors import fold
 from core.privacy import device_pseudonym, user_pseudonym
-from ops.cloudrun import merged_worker_stats
-from ops.exports import RunRecords
-from ops.pipeline import WORKER_TOPICS, Processes, barrier
-from ops.replay import DAY, DayPlan
+from ops.audit.exports import RunRecords
+from ops.chaos.cloudrun import merged_worker_stats
+from ops.replay.publish import DAY, DayPlan
+from ops.stack.pipeline import WORKER_TOPICS, Processes, barrier
 from streams.kafka import committed_offsets, end_offsets, ensure_topics, producer
 from streams.schemas import (
     BehaviourEvent,
@@ -179,7 +179,7 @@ NOISE_KINDS = ("duplicate", "shuffled_duplicate", "late_duplicate", "unknown_dev
 # Ingest keeps each user's history in a table keyed by user but fed from the device-keyed stream:
 # one worker that never restarts handles that, but a restart (table recovery replays the
 # changelog partition by partition) or a second worker can then see a stale history. Soaks
-# with kills leave it out unless asked (`coda chaos --multi-device`); see ops/cmd_chaos.py.
+# with kills leave it out unless asked (`coda chaos --multi-device`); see ops/cli/cmd_chaos.py.
 SINGLE_DEVICE_NOISE = NOISE_KINDS[:3]
 
 
@@ -520,7 +520,7 @@ def dead_letter_mismatch(run: RunRecords, topics: Topics, ledger: Ledger) -> dic
 def chaos_plans(users: int, days: int, seed: int) -> list[DayPlan]:
     """A synthetic dataset as day plans (the same one for a chaos run and its reference)."""
     from ops.datasets import load_dataset
-    from ops.replay import plan_days
+    from ops.replay.publish import plan_days
 
     dataset = load_dataset("synthetic", n_users=users, seed=seed, days=days, events_per_user=(5, 12))
     return plan_days(dataset.events)

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from ops.namespace import in_namespace
+    from ops.stack.namespace import in_namespace
 
     namespace = args.namespace or f"chaos-{int(time.time())}"
     scoped = in_namespace(settings, namespace).replace(k_neighbours=min(settings.k_neighbours, 20))
@@ -50,8 +50,9 @@ def _say(message: str) -> None:
 
 
 async def _soak(args: argparse.Namespace, settings: Settings, root: Settings) -> dict[str, Any]:
-    from ops import stack
-    from ops.chaos import (
+    from ops.audit.checks import batch_rules, vector_parity
+    from ops.audit.exports import collect
+    from ops.chaos.run import (
         NOISE_KINDS,
         SINGLE_DEVICE_NOISE,
         ChaosRun,
@@ -64,8 +65,7 @@ async def _soak(args: argparse.Namespace, settings: Settings, root: Settings) ->
         expected_state,
         reconcile,
     )
-    from ops.checks import batch_rules, vector_parity
-    from ops.exports import collect
+    from ops.stack import broker as stack
     from streams.kafka import bootstrap_servers, stack_file
     from streams.topics import load_topics
 

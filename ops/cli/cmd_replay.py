@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ops.cmd_validate import add_input_options
+from ops.cli.cmd_validate import add_input_options
 from streams.settings import Settings
 
 
@@ -36,13 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from ops.namespace import in_namespace
+    from ops.stack.namespace import in_namespace
 
     if args.namespace:
         settings = in_namespace(settings, args.namespace)
     args.checked = None
     if args.events:  # the whole file is checked before anything is published
-        from ops.cmd_validate import checked_events
+        from ops.cli.cmd_validate import checked_events
 
         args.checked = checked_events(args.events, args.lenient, args.skip_invalid)
     published = asyncio.run(replay(args, settings))
@@ -66,7 +66,7 @@ async def _events(args: argparse.Namespace, settings: Settings) -> Iterable[Mapp
         options = {"seed": args.seed} if args.dataset == "synthetic" else {}
         return load_dataset(args.dataset, **options).events
     if args.events:
-        from ops.cmd_validate import checked_events
+        from ops.cli.cmd_validate import checked_events
 
         checked = getattr(args, "checked", None) or checked_events(args.events, args.lenient, args.skip_invalid)
         return checked.events
@@ -75,8 +75,8 @@ async def _events(args: argparse.Namespace, settings: Settings) -> Iterable[Mapp
 
 async def topic_events(settings: Settings, name: str, start: int | None, end: int | None) -> list[dict[str, Any]]:
     """Behaviour events carried by a historical topic's envelopes or action messages."""
-    from streams.topicio import read_topic
     from streams.schemas import DeviceActions, SchemaError, UpEnvelope, decode
+    from streams.topicio import read_topic
 
     events = []
     for m in sorted(await read_topic(settings, name), key=lambda m: (m.partition, m.offset)):
@@ -94,8 +94,8 @@ async def topic_events(settings: Settings, name: str, start: int | None, end: in
 
 
 async def replay(args: argparse.Namespace, settings: Settings) -> int:
-    from ops.pipeline import barrier
-    from ops.replay import Checkpoint, Progress, Publisher, plan_days, replay_days
+    from ops.replay.publish import Checkpoint, Progress, Publisher, plan_days, replay_days
+    from ops.stack.pipeline import barrier
     from streams.kafka import ensure_topics
     from streams.topics import load_topics
 

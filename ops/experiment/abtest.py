@@ -12,7 +12,7 @@ import numpy as np
 
 from core.arms import ARMS
 from core.metrics import LOGLOSS_EPS, auc
-from ops.experiment import EvalRow
+from ops.experiment.runner import EvalRow
 
 ONLINE = ("ctr_top", "clicks_per_user_day", "share_clicking")
 OFFLINE = ("gauc", "gauc_user_day", "auc", "logloss")

@@ -148,9 +148,9 @@ def start_tls_broker(settings: Settings) -> StackState:
     """Tansu on a private loopback port behind a TLS terminator that requires client certificates.
 
     The terminator listens on `broker_port` (or a free port) and Tansu advertises it, so
-    clients reconnect through TLS after reading the metadata (see ops/tls.py).
+    clients reconnect through TLS after reading the metadata (see ops/stack/tls.py).
     """
-    from ops import tls
+    from ops.stack import tls
 
     files = tls.ensure_certificates(tls.tls_files(settings))
     public, private = settings.broker_port or free_port(), free_port()
@@ -166,7 +166,7 @@ def start_tls_broker(settings: Settings) -> StackState:
 
 def with_stack_tls(settings: Settings) -> Settings:
     """Settings that speak TLS with the stack's client certificate when `up --tls` started the stack."""
-    from ops import tls
+    from ops.stack import tls
 
     state = StackState.load(stack_file(settings)) if settings.embedded else None
     if state is None or not state.tls_dir or settings.security_protocol != "PLAINTEXT":

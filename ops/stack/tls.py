@@ -260,7 +260,7 @@ def spawn(files: TlsFiles, listen_port: int, upstream_port: int, log_path: Path)
     """The terminator as its own process (it outlives the CLI, like the broker; `down` stops it)."""
     with open(log_path, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "ops.tls", "--listen", f"127.0.0.1:{listen_port}",
+            [sys.executable, "-m", "ops.stack.tls", "--listen", f"127.0.0.1:{listen_port}",
              "--upstream", f"127.0.0.1:{upstream_port}", "--dir", str(files.directory)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )

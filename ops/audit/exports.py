@@ -10,9 +10,17 @@ from typing import Any
 
 from core.features import FeatureSpace, user_feature
 from core.sample import Sample
-from streams.topicio import read_records
-from streams.schemas import BatchRecord, DeadLetter, DownBatch, MatchResult, SampleBatch, SampleBatchV1, UserVector
+from streams.schemas import (
+    BatchRecord,
+    DeadLetter,
+    DownBatch,
+    MatchResult,
+    SampleBatch,
+    SampleBatchV1,
+    UserVector,
+)
 from streams.settings import Settings
+from streams.topicio import read_records
 from streams.topics import Topics
 
 

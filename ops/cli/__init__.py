@@ -1,4 +1,6 @@
-"""The `coda` command: one argparse app, one module per command group."""
+"""The `coda` command: one argparse app, one module per command group (cmd_<command>.py beside this file).
+
+`coda` (pyproject's console script) and `python -m ops.cli` (__main__.py) both call `main`."""
 
 from __future__ import annotations
 
@@ -12,18 +14,18 @@ from streams.settings import Settings
 
 # command name -> module that defines `add_arguments(parser)` and `run(args, settings) -> int`
 COMMANDS: dict[str, tuple[str, str]] = {
-    "stack": ("ops.cmd_stack", "start/inspect/stop the embedded broker and create topics"),
-    "config": ("ops.cmd_config", "print the effective settings and their environment variables"),
-    "worker": ("ops.cmd_worker", "run a cloud worker (ingest, user vectors, match, assemble agents)"),
-    "fleet": ("ops.cmd_fleet", "run a device fleet process hosting virtual devices"),
-    "cloud": ("ops.cmd_cloud", "cloud jobs: train-global"),
-    "demo": ("ops.cmd_demo", "the main job: stack, workers, fleet, a dataset replayed, exports"),
-    "replay": ("ops.cmd_replay", "publish a dataset, events file or topic range into a namespace"),
-    "experiment": ("ops.cmd_experiment", "the paper's arms and controls through the real pipeline"),
-    "bench": ("ops.cmd_bench", "benchmarks that write JSON beside their ceilings"),
-    "chaos": ("ops.cmd_chaos", "soak run: bad input, crashes and restarts"),
-    "validate": ("ops.cmd_validate", "check a behaviour-event file against the input contract (publishes nothing)"),
-    "clean": ("ops.cmd_clean", "remove the state of finished namespaces (no live process uses them)"),
+    "stack": ("ops.cli.cmd_stack", "start/inspect/stop the embedded broker and create topics"),
+    "config": ("ops.cli.cmd_config", "print the effective settings and their environment variables"),
+    "worker": ("ops.cli.cmd_worker", "run a cloud worker (ingest, user vectors, match, assemble agents)"),
+    "fleet": ("ops.cli.cmd_fleet", "run a device fleet process hosting virtual devices"),
+    "cloud": ("ops.cli.cmd_cloud", "cloud jobs: train-global"),
+    "demo": ("ops.cli.cmd_demo", "the main job: stack, workers, fleet, a dataset replayed, exports"),
+    "replay": ("ops.cli.cmd_replay", "publish a dataset, events file or topic range into a namespace"),
+    "experiment": ("ops.cli.cmd_experiment", "the paper's arms and controls through the real pipeline"),
+    "bench": ("ops.cli.cmd_bench", "benchmarks that write JSON beside their ceilings"),
+    "chaos": ("ops.cli.cmd_chaos", "soak run: bad input, crashes and restarts"),
+    "validate": ("ops.cli.cmd_validate", "check a behaviour-event file against the input contract (publishes nothing)"),
+    "clean": ("ops.cli.cmd_clean", "remove the state of finished namespaces (no live process uses them)"),
 }
 
 NO_KEY = frozenset({"config", "validate", "stack", "clean"})  # commands that never pseudonymize
@@ -106,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(**overrides)
         if args.command not in NO_KEY:
-            from ops.keys import resolve_pseudonym_key
+            from ops.stack.keys import resolve_pseudonym_key
 
             settings = resolve_pseudonym_key(settings, reproducible=args.command in REPRODUCIBLE)
     except ValueError as exc:
@@ -121,6 +123,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"coda {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

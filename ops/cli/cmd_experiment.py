@@ -92,12 +92,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def params_from(args: argparse.Namespace) -> Any:
-    from ops.experiment import DEFAULT_K, DEFAULT_RECIPE, Params
+    from ops.experiment.runner import DEFAULT_K, DEFAULT_RECIPE, Params
 
     quick = QUICK.get(args.dataset, {}) if args.quick else {}
     seeds = quick.get("seeds", args.seeds)
     k = args.k or DEFAULT_K.get(args.dataset, 100)
-    from ops.experiment import SCENARIO_HISTORY_SHARE
+    from ops.experiment.runner import SCENARIO_HISTORY_SHARE
 
     share = args.history_share or SCENARIO_HISTORY_SHARE[args.scenario]
     return Params(dataset=args.dataset, scenario=args.scenario, seeds=tuple(range(seeds)), k=k, sigma=args.sigma,
@@ -109,7 +109,7 @@ def params_from(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from ops.experiment import prepare, stderr_say
+    from ops.experiment.runner import prepare, stderr_say
 
     say = stderr_say("experiment")
     params = params_from(args)
@@ -128,16 +128,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         with phase(phases, "sweep"):
             results["sweep"] = sweep(settings, split, params, say, args.sweep_k, args.sweep_sigma)
     if args.tune:
-        from ops.tuning import tune, variants_named
+        from ops.experiment.tuning import tune, variants_named
 
         with phase(phases, "tune"):
             results["tune"] = tune(settings, split, params, say, variants_named(args.tune_variants))
-    from ops import expreport
+    from ops.experiment.results import write
 
     with phase(phases, "report"):
         results["elapsed_s"] = round(time.monotonic() - t0, 1)  # the run's figure: report writing excluded
         results["phases_s"] = phases
-        expreport.write(results, args.out, results.pop("offline", None))
+        write(results, args.out, results.pop("offline", None))
     say(f"done in {results['elapsed_s']} s (+ {phases['report']} s writing the report): {args.out / 'report.md'}; "
         + ", ".join(f"{k} {v} s" for k, v in phases.items()))
     print(json.dumps(headline(results), indent=1))
@@ -151,9 +151,9 @@ def run_experiment(settings: Settings, split: Any, params: Any, say: Any, offlin
 
     With `out`, every device's evaluation rows are exported to out/evaluations/seed-<s>.jsonl.gz.
     """
-    from device.fleet import write_evaluations
-    from ops import expreport
-    from ops.experiment import eval_rows, run_streaming
+    from ops.experiment.devices import write_evaluations
+    from ops.experiment.results import agreement, analyse
+    from ops.experiment.runner import eval_rows, run_streaming
 
     phases = {} if phases is None else phases
     with phase(phases, "pipelines"):
@@ -168,28 +168,28 @@ def run_experiment(settings: Settings, split: Any, params: Any, say: Any, offlin
     with phase(phases, "references"):
         references, notes = _references(settings, split, params, say)
     with phase(phases, "analysis"):
-        results = expreport.analyse([*rows, *references], split, params, logs, key)
+        results = analyse([*rows, *references], split, params, logs, key)
     results["reference_notes"] = notes
     results["engine"] = "streaming pipeline (broker, cloud worker, device fleet)"
     results["runs"] = [{"seed": r.seed, "namespace": r.namespace, "global_model": r.global_model,
                         "timings_s": {k: round(v, 1) for k, v in r.timings.items()}, "fleet": r.fleet_stats}
                        for r in runs]
     if offline:
-        from ops.offline import run_offline
+        from ops.experiment.offline import run_offline
 
         off_rows = []
         with phase(phases, "offline engine"):
             for seed in params.seeds:
                 off = run_offline(split, params.settings_for(settings, "offline", seed), seed, params.global_seed)
                 off_rows += off.rows
-            results["offline"] = expreport.agreement(rows, off_rows)
+            results["offline"] = agreement(rows, off_rows)
     return results
 
 
 def run_batch(settings: Settings, split: Any, params: Any, say: Any, phases: Phases | None = None) -> dict[str, Any]:
     """The same analysis from the offline reference alone (labelled as such in the results)."""
-    from ops import expreport
-    from ops.offline import run_offline
+    from ops.experiment.offline import run_offline
+    from ops.experiment.results import SeedLogs, analyse
 
     phases = {} if phases is None else phases
     rows, logs = [], []
@@ -197,21 +197,21 @@ def run_batch(settings: Settings, split: Any, params: Any, say: Any, phases: Pha
         for seed in params.seeds:
             off = run_offline(split, params.settings_for(settings, "offline", seed), seed, params.global_seed, say)
             rows += off.rows
-            logs.append(expreport.SeedLogs(seed, off.arms, off.users, off.kept, off.batch_log, off.matches,
-                                           off.trains, off.steps, off.model_change,
-                                           schedules(settings.train_trigger), off.valid))
+            logs.append(SeedLogs(seed, off.arms, off.users, off.kept, off.batch_log, off.matches,
+                                 off.trains, off.steps, off.model_change,
+                                 schedules(settings.train_trigger), off.valid))
     with phase(phases, "references"):
         references, notes = _references(settings, split, params, say)
     with phase(phases, "analysis"):
-        results = expreport.analyse([*rows, *references], split, params, logs, settings.pseudonym_key)
+        results = analyse([*rows, *references], split, params, logs, settings.pseudonym_key)
     results["reference_notes"] = notes
     results["engine"] = "offline reference (ops/offline.py), not the streaming pipeline"
     return results
 
 
 def _references(settings: Settings, split: Any, params: Any, say: Any) -> tuple[list[Any], dict[str, Any]]:
-    """oracle / own_future / group_oracle on the arms' live events (ops/references.py), with timing."""
-    from ops.references import reference_rows
+    """oracle / own_future / group_oracle on the arms' live events (ops/experiment/references.py), with timing."""
+    from ops.experiment.references import reference_rows
 
     t0 = time.monotonic()
     rows, notes = reference_rows(split, params.settings_for(settings, "references", 0), params.k,
@@ -221,7 +221,7 @@ def _references(settings: Settings, split: Any, params: Any, say: Any) -> tuple[
 
 
 def stream_logs(run: Any, train_trigger: int) -> Any:
-    from ops.expreport import SeedLogs
+    from ops.experiment.results import SeedLogs
 
     return SeedLogs(run.seed, {d.pseudonym: d.arm for d in run.devices},
                     {d.pseudonym: d.user_id for d in run.devices}, {d.pseudonym: d.kept_ids for d in run.devices},
@@ -236,8 +236,8 @@ def sweep(settings: Settings, split: Any, params: Any, say: Any, ks: tuple[int, 
           sigmas: tuple[float, ...] = SWEEP_SIGMA) -> dict[str, Any]:
     """K × σ with the offline reference (it reproduces the stream's scores; see tests/ops/test_experiment.py)."""
     from core.arms import ARMS
-    from ops import abtest
-    from ops.offline import run_offline
+    from ops.experiment import abtest
+    from ops.experiment.offline import run_offline
 
     out: dict[str, Any] = {"engine": "offline reference", "grid": []}
     for k in ks:

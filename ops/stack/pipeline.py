@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams.topicio import wait_quiet
 from streams.settings import Settings
+from streams.topicio import wait_quiet
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,16 @@ from pathlib import Path
 from core.privacy import device_pseudonym
 from core.sample import DAY
 from streams.kafka import producer
-from streams.schemas import (BehaviourEvent, DayEnd, DeviceActions, DevicePast, Record, UpEnvelope, encode,
-                             profile_value)
+from streams.schemas import (
+    BehaviourEvent,
+    DayEnd,
+    DeviceActions,
+    DevicePast,
+    Record,
+    UpEnvelope,
+    encode,
+    profile_value,
+)
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -24,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def to_event(raw: Mapping[str, object]) -> BehaviourEvent:
-    """A checked event dict (ops/contract.py, or a built-in dataset's) → the wire record.
+    """A checked event dict (ops/replay/contract.py, or a built-in dataset's) → the wire record.
 
     Profile values become strings here, so the wire carries what ingest hashes.
     """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ops import stack
+from ops.stack import broker as stack
 from streams.settings import Settings
 from streams.topics import load_topics
 
@@ -27,13 +27,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         where = state.bootstrap if state else settings.bootstrap
         origin = f"embedded tansu pid {state.pids}" if state else "external cluster (nothing started)"
         if settings.embedded:
-            from ops.keys import KEY_FILE, local_key
+            from ops.stack.keys import KEY_FILE, local_key
 
             local_key(settings.state_dir)  # this state directory's own pseudonym key (mode 0600)
             origin += f"; pseudonym key in {settings.state_dir / KEY_FILE}"
         print(f"broker {where} ({origin}); created {len(created)} topic(s), {len(list(topics))} declared")
         if state is not None and state.tls_dir:
-            from ops import tls
+            from ops.stack import tls
 
             files = tls.TlsFiles(Path(state.tls_dir))
             files.env_file.write_text("\n".join(tls.env_lines(files)) + "\n")
