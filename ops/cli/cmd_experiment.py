@@ -132,12 +132,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         with phase(phases, "tune"):
             results["tune"] = tune(settings, split, params, say, variants_named(args.tune_variants))
-    from ops.experiment.results import write
+    from ops.experiment import report
 
     with phase(phases, "report"):
         results["elapsed_s"] = round(time.monotonic() - t0, 1)  # the run's figure: report writing excluded
         results["phases_s"] = phases
-        write(results, args.out, results.pop("offline", None))
+        report.write(results, args.out, results.pop("offline", None))
     say(f"done in {results['elapsed_s']} s (+ {phases['report']} s writing the report): {args.out / 'report.md'}; "
         + ", ".join(f"{k} {v} s" for k, v in phases.items()))
     print(json.dumps(headline(results), indent=1))

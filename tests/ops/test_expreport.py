@@ -1,4 +1,4 @@
-"""Tests for the experiment report (ops/experiment/results.py): analyse() end to end on synthetic rows, the funnel, the report and its figures."""
+"""Tests for the experiment report (ops/experiment/results.py, report.py and what they use): analyse() end to end on synthetic rows, the funnel, the report and its figures."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from core.arms import ARMS
-from ops.experiment.results import SeedLogs, agreement, analyse, neighbour_agreement, write
+from ops.experiment import report
+from ops.experiment.results import SeedLogs, agreement, analyse, neighbour_agreement
 from ops.experiment.runner import EvalRow, Params, Split, pseudonyms
 from ops.replay.publish import DAY, plan_days
 
@@ -168,7 +169,7 @@ def test_series_carry_bands(results: dict[str, Any]) -> None:
 
 
 def test_write_makes_the_report_the_forest_plot_and_the_targets(results: dict[str, Any], tmp_path: Path) -> None:
-    write({**results, "elapsed_s": 12.5}, tmp_path)
+    report.write({**results, "elapsed_s": 12.5}, tmp_path)
     for name in ("forest.png", "fig9_daily.png", "fig10_accumulated_lift.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     body = json.loads((tmp_path / "results.json").read_text())
@@ -204,7 +205,7 @@ def test_a_run_without_references_still_reports(tmp_path: Path) -> None:
     res = analyse(_rows(split, seeds, ()), split, Params(seeds=seeds, k=5, bootstrap=20, top_n=1),
                             _logs(seeds), KEY)
     assert res["references"] == [] and res["headroom"]["reference"] is None and not res["headroom"]["shares"]
-    write(res, tmp_path)
+    report.write(res, tmp_path)
     assert (tmp_path / "forest.png").stat().st_size > 0
     targets = json.loads((tmp_path / "results.json").read_text())["targets"]
     assert [t["met"] for t in targets if "headroom" in t["target"]] == [None, None]
