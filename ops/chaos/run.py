@@ -1,25 +1,10 @@
-"""Chaos for the cloud flow: bad and redelivered up-tunnel traffic, worker kills, and the checks after.
-
-Three parts, usable on their own:
-
-- **Bad input** (pure): `bad_message` turns a valid envelope into one invalid up-tunnel message
-  (truncated, wrong types, wrong versions, huge lists, NaN/inf, missing fields, random bytes,
-  oversize, ...). The schema decoder is the oracle: every message it returns fails
-  `decode` and `expected_reason` says which dead-letter reason ingest must give.
-- **Redelivery noise** (valid, must change nothing): exact and shuffled duplicates of
-  envelopes, late duplicates of earlier days, the same events reported by an unknown device,
-  redelivered pull requests and pulls of unknown devices.
-- **The run**: `ChaosRun` replays day plans through real worker processes with the day
-  barrier, mixes the above into the traffic, can SIGKILL a worker in the middle of a stage and
-  restart it, and keeps a `Ledger` of everything it injected so counts can be reconciled
-  exactly. `expected_state` computes what the vectors must be from the agents' own pure steps.
-"""
+"""`ChaosRun`: day plans through real worker processes with the day barrier, the bad input and noise mixed
+in, workers SIGKILLed mid-stage and restarted, and a `Ledger` of everything injected for exact reconciling."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import random
 import signal
@@ -29,258 +14,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
-from agents.ingest import build_samples
-from agents.vectors import fold
-from core.privacy import device_pseudonym, user_pseudonym
+from core.privacy import device_pseudonym
 from ops.audit.exports import RunRecords
 from ops.chaos.cloudrun import merged_worker_stats
+from ops.chaos.inputs import Injected, bad_message
+from ops.chaos.noise import NOISE_KINDS, duplicates, ghost_pulls
+from ops.chaos.oracle import distinct_letters
 from ops.replay.publish import DAY, DayPlan
 from ops.stack.pipeline import WORKER_TOPICS, Processes, barrier
 from streams.kafka import committed_offsets, end_offsets, ensure_topics, producer
 from streams.schemas import (
-    BehaviourEvent,
     DayEnd,
-    HistoryState,
     PullRequest,
-    SchemaError,
     UpEnvelope,
-    UserState,
-    decode,
     encode,
-    to_plain,
 )
 from streams.settings import Settings
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------- bad input
-MUTATIONS = (
-    "truncated", "wrong_type", "wrong_version", "unknown_kind", "other_kind", "missing_field",
-    "huge_list", "long_string", "non_finite", "out_of_range", "bool_for_int", "random_bytes",
-    "not_a_map", "bad_map_key", "deep_nesting", "empty", "null_value", "oversize",
-)
-# the cheap ones, weighted; "oversize" (> max_envelope_bytes on the wire) is added sparingly
-_WEIGHTS = {m: 1.0 for m in MUTATIONS} | {"oversize": 0.0, "huge_list": 0.3, "deep_nesting": 0.3}
-_EVENT_FIELDS = {"user_id": str, "ts": int, "item_id": str, "item_tags": list, "action": str,
-                 "profile": dict, "label": int}
-_TOP_FIELDS = {"device_id": str, "events": list, "sent_ts": int}
-_WRONG = {str: [7, 2.5, [], {}, b"bytes", True], int: ["7", 2.5, [], {}, b"\x07"],
-          list: ["a", 3, {"a": "b"}, b"xs"], dict: ["a", 3, ["a"], {"a": 1}, {"a": ["b"]}]}
 
-
-def expected_reason(raw: bytes | None, settings: Settings, topics: Topics) -> str | None:
-    """The dead-letter reason ingest gives `raw`, or None when it is a valid up-tunnel message."""
-    try:
-        decode(raw, settings.max_envelope_bytes, topics["up"].kinds)  # type: ignore[arg-type]
-    except SchemaError as err:
-        return err.reason
-    return None
-
-
-def mutate(envelope: UpEnvelope, rng: random.Random, kind: str, max_bytes: int) -> bytes | None:
-    """One mutation of `envelope`'s wire form (may, rarely, still be valid: see `bad_message`)."""
-    body = to_plain(envelope)
-    raw = encode(envelope)
-    events = body["events"]
-    event = events[rng.randrange(len(events))] if events else None
-    if kind == "truncated":
-        return raw[: rng.randrange(1, len(raw))]
-    if kind == "wrong_type":
-        target, fields = (event, _EVENT_FIELDS) if event is not None and rng.random() < 0.7 else (body, _TOP_FIELDS)
-        name = rng.choice(sorted(fields))
-        target[name] = rng.choice(_WRONG[fields[name]])
-    elif kind == "wrong_version":
-        body["v"] = rng.choice([0, 2, 99, -1, "1", 1.0])
-    elif kind == "unknown_kind":
-        body["k"] = rng.choice(["up.event", "", "UP.EVENTS", 7, ["up.events"]])
-    elif kind == "other_kind":
-        return encode(DayEnd(rng.randrange(100)))  # a real kind that does not belong on `up`
-    elif kind == "missing_field":
-        if event is not None and rng.random() < 0.7:
-            del event[rng.choice(["user_id", "ts", "item_id", "item_tags", "action"])]
-        else:
-            del body[rng.choice(["device_id", "events"])]
-    elif kind == "huge_list":
-        if rng.random() < 0.5 or event is None:
-            body["events"] = [0] * 100_001  # over the schema's list limit (100,000)
-        else:
-            event["item_tags"] = [f"t{i}" for i in range(65 + rng.randrange(500))]
-    elif kind == "long_string":
-        target, name = (event, rng.choice(["user_id", "item_id"])) if event is not None else (body, "device_id")
-        target[name] = "x" * (129 + rng.randrange(1000))
-    elif kind == "non_finite":
-        value = rng.choice([math.nan, math.inf, -math.inf])
-        if event is not None:
-            event[rng.choice(["ts", "label"])] = value
-        else:
-            body["sent_ts"] = value
-    elif kind == "out_of_range":
-        if event is not None:
-            name, value = rng.choice([("ts", -1), ("ts", 2**41), ("label", 2), ("label", -1)])
-            event[name] = value
-        else:
-            body["sent_ts"] = -5
-    elif kind == "bool_for_int":
-        if event is not None:
-            event[rng.choice(["ts", "label"])] = rng.choice([True, False])
-        else:
-            body["sent_ts"] = True
-    elif kind == "random_bytes":
-        return rng.randbytes(rng.randrange(1, 300))
-    elif kind == "not_a_map":
-        return msgpack.packb(rng.choice([[1, 2, 3], "up.events", 42, None, [body]]), use_bin_type=True)
-    elif kind == "bad_map_key":
-        return b"\x81\x01\x02" + raw  # {1: 2} then junk: a non-string key fails strict decoding
-    elif kind == "deep_nesting":
-        depth = rng.choice([2_000, 200_000])  # the second exceeds msgpack's own stack limit
-        head = msgpack.packb({k: v for k, v in body.items() if k != "events"}, use_bin_type=True)
-        return bytes([head[0] + 1]) + head[1:] + msgpack.packb("events") + b"\x91" * depth + b"\x01"
-    elif kind == "empty":
-        return b""
-    elif kind == "null_value":
-        return None
-    elif kind == "oversize":
-        body["pad"] = b"\0" * (max_bytes + 1 + rng.randrange(1000))
-    else:
-        raise ValueError(f"unknown mutation {kind!r}")
-    return msgpack.packb(body, use_bin_type=True)
-
-
-@dataclass(frozen=True, slots=True)
-class Injected:
-    """One message the chaos run put on the up-tunnel besides the plain replay."""
-
-    key: bytes | None
-    raw: bytes | None
-    category: str
-    reason: str | None  # the dead-letter reason it must get; None for valid (no-op) traffic
-
-
-def bad_message(envelope: UpEnvelope, rng: random.Random, settings: Settings, topics: Topics,
-                kind: str | None = None) -> Injected:
-    """An invalid up-tunnel message derived from `envelope`, with the reason ingest must give it."""
-    for _ in range(20):
-        chosen = kind or rng.choices(list(_WEIGHTS), weights=list(_WEIGHTS.values()))[0]
-        raw = mutate(envelope, rng, chosen, settings.max_envelope_bytes)
-        reason = expected_reason(raw, settings, topics)
-        if reason is not None:
-            keys = [envelope.device_id.encode(), b"fuzz", rng.randbytes(8)] + ([None] if raw is not None else [])
-            key = rng.choice(keys)  # a Kafka record needs a key or a value
-            return Injected(key, raw, chosen, reason)
-    raise RuntimeError(f"no invalid mutation of kind {kind!r} after 20 tries")
-
-
-# --------------------------------------------------------------------------- redelivery noise
-NOISE_KINDS = ("duplicate", "shuffled_duplicate", "late_duplicate", "unknown_device")
-# "unknown_device" re-reports a user's events from another device, so from another `up` partition.
-# Ingest keeps each user's history in a table keyed by user but fed from the device-keyed stream:
-# one worker that never restarts handles that, but a restart (table recovery replays the
-# changelog partition by partition) or a second worker can then see a stale history. Soaks
-# with kills leave it out unless asked (`coda chaos --multi-device`); see ops/cli/cmd_chaos.py.
-SINGLE_DEVICE_NOISE = NOISE_KINDS[:3]
-
-
-def duplicates(plan: DayPlan, earlier: Sequence[DayPlan], rng: random.Random, n: int,
-               kinds: Sequence[str] = NOISE_KINDS) -> list[Injected]:
-    """Valid envelopes that add nothing: exact, shuffled, late (earlier days) and unknown-device copies."""
-    out: list[Injected] = []
-    pool = list(plan.by_device)
-    old = [pair for p in earlier for pair in p.by_device]
-    for i in range(n):
-        category = rng.choice(list(kinds))
-        device, events = rng.choice(old) if category == "late_duplicate" and old else rng.choice(pool)
-        evs = list(events)
-        if category != "duplicate":
-            rng.shuffle(evs)
-        if category == "unknown_device":
-            device = f"ghost-device-{plan.day}-{i}"
-        env = UpEnvelope(device, evs, evs[-1].ts if category == "duplicate" else rng.randrange(2**31))
-        out.append(Injected(device.encode(), encode(env), category, None))
-    return out
-
-
-def ghost_pulls(day: int, n: int) -> list[Injected]:
-    """Pull requests of devices and users the cloud never saw: answered with an 'exhausted' notice."""
-    out = []
-    for i in range(n):
-        pull = PullRequest(f"ghost-device-{day}-{i}", f"ghost-user-{day}-{i}", day * DAY + DAY - 1,
-                           f"ghost-pull-{day}-{i}", 12)
-        out.append(Injected(pull.device_id.encode(), encode(pull), "unknown_device_pull", None))
-    return out
-
-
-# --------------------------------------------------------------------------- the oracle
-@dataclass
-class Expected:
-    """What the cloud must derive from the plans: samples per user and each user's vector."""
-
-    vectors: dict[str, tuple[int, list[float]]]  # user pseudonym -> (count, mean vector)
-    samples: dict[str, Any]  # sample id -> core.sample.Sample
-
-    @property
-    def sample_ids(self) -> set[str]:
-        return set(self.samples)
-
-
-def expected_state(plans: Sequence[DayPlan], settings: Settings) -> Expected:
-    """Run the ingest and user-vector agents' pure steps over the plans, in replay order."""
-    key, space = settings.pseudonym_key, settings.features
-    histories: dict[str, HistoryState] = {}
-    users: dict[str, UserState] = {}
-    ids: dict[str, Any] = {}
-    for plan in plans:
-        for device, events in plan.by_device:
-            by_user: dict[str, list[BehaviourEvent]] = {}
-            for e in events:
-                by_user.setdefault(e.user_id, []).append(e)
-            for user_id, evs in by_user.items():
-                user = user_pseudonym(key, user_id)
-                samples, histories[user] = build_samples(user, evs, histories.get(user) or HistoryState(), space)
-                if samples:
-                    users[user], _ = fold(users.get(user), samples, space, settings.match_window_days,
-                                          device_pseudonym(key, device))
-                    ids.update((s.sample_id, s) for s in samples)
-    vectors = {u: (st.count, [t / st.count for t in st.total]) for u, st in users.items() if st.count}
-    return Expected(vectors, ids)
-
-
-def compare_vectors(run: RunRecords, expected: dict[str, tuple[int, list[float]]],
-                    tol: float = 1e-9) -> dict[str, Any]:
-    """Published vectors (newest per user) against `expected`: same users, counts and values."""
-    missing = sorted(set(expected) - set(run.vectors))
-    extra = sorted(set(run.vectors) - set(expected))
-    wrong = []
-    worst = 0.0
-    for user in set(expected) & set(run.vectors):
-        count, vector = expected[user]
-        got = run.vectors[user]
-        err = max((abs(a - b) for a, b in zip(vector, got.vector, strict=True)), default=0.0)
-        worst = max(worst, err)
-        if got.count != count or err > tol:
-            wrong.append(user)
-    return {"users": len(expected), "missing": missing[:5], "extra": extra[:5], "wrong": sorted(wrong)[:5],
-            "max_abs_error": worst, "ok": not (missing or extra or wrong)}
-
-
-def compare_samples(run: RunRecords, expected: Expected) -> dict[str, Any]:
-    """The log's samples (first copy per id) against the pure replay's: same ids and the same features."""
-    differ = [i for i, s in run.samples.items() if i in expected.samples and s != expected.samples[i]]
-    return {"samples": len(run.samples), "expected": len(expected.samples),
-            "missing": sorted(set(expected.samples) - set(run.samples))[:5],
-            "extra": sorted(set(run.samples) - set(expected.samples))[:5],
-            "different_features": len(differ), "example": differ[:3],
-            "ok": set(run.samples) == set(expected.samples) and not differ}
-
-
-def distinct_letters(run: RunRecords, topic: str) -> dict[tuple[int, int], Any]:
-    """Dead letters of `topic` by source (partition, offset): a redelivered bad message counts once."""
-    return {(d.partition, d.offset): d for d in run.dead if d.topic == topic}
-
-
-# --------------------------------------------------------------------------- the run
 @dataclass
 class Ledger:
     """Everything a chaos run sent to the up-tunnel, for exact reconciliation afterwards."""

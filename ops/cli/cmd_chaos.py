@@ -52,19 +52,9 @@ def _say(message: str) -> None:
 async def _soak(args: argparse.Namespace, settings: Settings, root: Settings) -> dict[str, Any]:
     from ops.audit.checks import batch_rules, vector_parity
     from ops.audit.exports import collect
-    from ops.chaos.run import (
-        NOISE_KINDS,
-        SINGLE_DEVICE_NOISE,
-        ChaosRun,
-        Kill,
-        chaos_plans,
-        compare_samples,
-        compare_vectors,
-        dead_letter_mismatch,
-        distinct_letters,
-        expected_state,
-        reconcile,
-    )
+    from ops.chaos.noise import NOISE_KINDS, SINGLE_DEVICE_NOISE
+    from ops.chaos.oracle import compare_samples, compare_vectors, distinct_letters, expected_state
+    from ops.chaos.run import ChaosRun, Kill, chaos_plans, dead_letter_mismatch, reconcile
     from ops.stack import broker as stack
     from streams.kafka import bootstrap_servers, stack_file
     from streams.topics import load_topics

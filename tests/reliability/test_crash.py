@@ -10,15 +10,8 @@ from relhelp import PULL_BATCHES, Reference, namespace
 
 from ops.audit.checks import batch_rules
 from ops.audit.exports import collect
-from ops.chaos.run import (
-    ChaosRun,
-    Kill,
-    chaos_plans,
-    compare_samples,
-    compare_vectors,
-    distinct_letters,
-    expected_state,
-)
+from ops.chaos.oracle import compare_samples, compare_vectors, distinct_letters, expected_state
+from ops.chaos.run import ChaosRun, Kill, chaos_plans
 from ops.replay.publish import DAY, Publisher
 from ops.stack import broker as stack
 from ops.stack.pipeline import Processes, barrier

@@ -12,15 +12,9 @@ from relhelp import PULL_BATCHES, Reference, namespace
 
 from agents.ingest import build_samples
 from ops.audit.exports import collect
-from ops.chaos.run import (
-    MUTATIONS,
-    ChaosRun,
-    compare_vectors,
-    dead_letter_mismatch,
-    expected_state,
-    mutate,
-    reconcile,
-)
+from ops.chaos.inputs import MUTATIONS, mutate
+from ops.chaos.oracle import compare_vectors, expected_state
+from ops.chaos.run import ChaosRun, dead_letter_mismatch, reconcile
 from streams.schemas import BehaviourEvent, HistoryState, SchemaError, UpEnvelope, decode, encode
 from streams.settings import Settings
 from streams.topics import load_topics
