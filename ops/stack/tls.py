@@ -272,7 +272,7 @@ def _address(text: str) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ops.tls", description="TLS terminator for the embedded broker")
+    parser = argparse.ArgumentParser(prog="python -m ops.stack.tls", description="TLS terminator for the embedded broker")
     parser.add_argument("--listen", type=_address, required=True, help="host:port to accept TLS on")
     parser.add_argument("--upstream", type=_address, required=True, help="the broker's plain host:port")
     parser.add_argument("--dir", type=Path, required=True, help="directory with ca.pem, server.pem, server.key")
