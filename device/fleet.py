@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import json
 import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +36,8 @@ from device.device import Device, device_dir
 from device.initialmodel import fresh_initial, initial_model_file
 from device.modelstore import ModelFile, atomic_write
 from device.outcomes import Outcome
-from device.record import KEPT_KEY, STATE_KEY, DeviceRecord
 from device.runtime import Runtime
-from device.storage import DB_FILE, DeviceStore, Limits, open_database
+from device.storage import DB_FILE
 from streams import kafka
 from streams.deadletter import DeadLetters
 from streams.metrics import Metrics, consumer_lag
@@ -57,6 +54,7 @@ from streams.schemas import (
     encode,
 )
 from streams.settings import Settings
+from streams.topicio import read_topic
 from streams.topics import Topics, load_topics
 
 log = logging.getLogger(__name__)
@@ -70,42 +68,24 @@ async def load_global_model(
 ) -> GlobalModel | None:
     """The newest (created_ts, then offset) GlobalModel on the `models` topic, or None if it is empty."""
     name = topics.name("models")
-    client = kafka.consumer(
-        settings,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=MODEL_MAX_BYTES,
-        fetch_max_bytes=MODEL_MAX_BYTES,
-    )
-    await client.start()
     try:
-        parts = client.partitions_for_topic(name)
-        if not parts:
-            await client._client.force_metadata_update()
-            parts = client.partitions_for_topic(name) or set()
-        tps = [TopicPartition(name, p) for p in sorted(parts)]
-        if not tps:
-            return None
-        client.assign(tps)
-        await client.seek_to_beginning(*tps)
-        ends = await client.end_offsets(tps)
-        best: tuple[int, int, GlobalModel] | None = None
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while [tp for tp in tps if await client.position(tp) < ends[tp]]:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"reading {name} took longer than {timeout_s}s")
-            for tp, records in (await client.getmany(timeout_ms=500)).items():
-                for r in records:
-                    try:
-                        gm = decode(r.value, MODEL_MAX_BYTES, (GlobalModel,))
-                    except SchemaError as err:
-                        log.warning("skipping %s[%d]@%d: %s", tp.topic, tp.partition, r.offset, err)
-                        continue
-                    assert isinstance(gm, GlobalModel)
-                    if best is None or (gm.created_ts, r.offset) >= best[:2]:
-                        best = (gm.created_ts, r.offset, gm)
-        return best[2] if best else None
-    finally:
-        await client.stop()
+        messages = await asyncio.wait_for(
+            read_topic(settings, name, fetch_max_bytes=MODEL_MAX_BYTES, max_partition_fetch_bytes=MODEL_MAX_BYTES),
+            timeout_s,
+        )
+    except TimeoutError:
+        raise TimeoutError(f"reading {name} took longer than {timeout_s}s") from None
+    best: tuple[int, int, GlobalModel] | None = None
+    for m in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        try:
+            gm = decode(m.value, MODEL_MAX_BYTES, (GlobalModel,))
+        except SchemaError as err:
+            log.warning("skipping %s[%d]@%d: %s", name, m.partition, m.offset, err)
+            continue
+        assert isinstance(gm, GlobalModel)
+        if best is None or (gm.created_ts, m.offset) >= best[:2]:
+            best = (gm.created_ts, m.offset, gm)
+    return best[2] if best else None
 
 
 def initial_from_global(settings: Settings, gm: GlobalModel | None) -> ModelFile:
@@ -510,72 +490,3 @@ class Fleet:
                 self.write_stats()
             except OSError as exc:
                 log.warning("fleet %s: cannot write stats: %s", self.fleet_id, exc)
-
-
-# --------------------------------------------------------------------------- exports
-@dataclass
-class DeviceExport:
-    """What an experiment reads back from one device's database after its fleet stopped."""
-
-    pseudonym: str
-    arm: str
-    device_id: str
-    user_id: str
-    trains: int
-    filters: int
-    pulls: int
-    evaluations: list[tuple[str, int, int, float, str]]  # (sample_id, ts, label, score, model_version)
-    kept_ids: list[str] = field(default_factory=list)  # outside samples the filter kept (id prefixes)
-    steps: tuple[int, int] = (0, 0)  # gated updates accepted, taken
-    model_change: float = 0.0  # ‖M − M0‖ / ‖M0‖ of the model the device ended with
-    valid: list[tuple[float, float]] = field(default_factory=list)  # gate metric (before, after) per training
-
-
-def model_change(directory: Path) -> float:
-    """How far the device's current model moved from its initial one (0 when never changed)."""
-    import io
-
-    import torch
-
-    from core.models import relative_change
-    from device.modelstore import ModelStore
-
-    def weights(m: ModelFile) -> dict[str, torch.Tensor]:
-        return torch.load(io.BytesIO(m.weights), weights_only=True)
-
-    store = ModelStore(directory)
-    current, initial = store.current(), store.initial()
-    return 0.0 if current.version == initial.version else relative_change(weights(current), weights(initial))
-
-
-async def read_devices(state_dir: Path) -> list[DeviceExport]:
-    """Every device database under `state_dir/devices`, read once (the fleets must have stopped)."""
-    out = []
-    for path in sorted((state_dir / "devices").glob(f"*/*/{DB_FILE}")):
-        conn = await open_database(path)
-        try:
-            store = DeviceStore(conn, Limits(), path.parent.name)
-            st = DeviceRecord.from_plain(await store.get_state(STATE_KEY))
-            kept = await store.get_state(KEPT_KEY, [])
-            out.append(DeviceExport(path.parent.name, st.arm, st.device_id, st.user_id, st.trains, st.filters,
-                                    st.pulls, await store.evaluations(), list(kept),
-                                    (st.steps_accepted, st.steps_total), model_change(path.parent),
-                                    [(b, a) for b, a in st.valid_log]))
-        finally:
-            await conn.close()
-    return out
-
-
-def write_evaluations(devices: Iterable[DeviceExport], path: Path) -> int:
-    """JSON Lines (gzip if the name ends in .gz), one progressive-validation row per line, with the
-    device's arm and user."""
-    n = 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with (gzip.open(path, "wt") if path.suffix == ".gz" else open(path, "w")) as f:
-        for d in devices:
-            for sample_id, ts, label, score, version in d.evaluations:
-                f.write(json.dumps({"device": d.pseudonym, "arm": d.arm, "user_id": d.user_id,
-                                    "sample_id": sample_id, "ts": ts, "label": label,
-                                    "score": round(score, 7), "model_version": version}) + "\n")
-                n += 1
-    return n

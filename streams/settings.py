@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from core.features import FeatureSpace
 
 ENV_PREFIX = "CODA_"
-DEV_PSEUDONYM_KEY = "coda-local-dev-key"  # the default; refused against an external cluster (ops/keys.py)
+DEV_PSEUDONYM_KEY = "coda-local-dev-key"  # the default; refused against an external cluster (ops/stack/keys.py)
 
 Count = Annotated[int, Field(ge=1)]  # at least one
 NonNegative = Annotated[int, Field(ge=0)]

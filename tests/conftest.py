@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ops import stack
+from ops.stack import broker as stack
 from streams.settings import Settings
 
 _namespaces = itertools.count()

@@ -48,7 +48,8 @@ def test_shared_constants_are_defined_once() -> None:
 ARM_NAMES = frozenset({"cloud", "local", "coda", "coda_nofilter", "coda_random"})
 # Report code groups and labels results by arm (u.arm == arm, baseline "cloud"): it decides nothing
 # an arm does. Engines, the device included, ask the core.arms.Arm object instead.
-REPORTS = frozenset({"ops/abtest.py", "ops/expreport.py", "ops/tuning.py", "ops/cmd_experiment.py"})
+REPORTS = frozenset({"ops/experiment/abtest.py", "ops/experiment/results.py", "ops/experiment/figures.py",
+                     "ops/experiment/tuning.py", "ops/cli/cmd_experiment.py"})
 
 
 def _names_an_arm(node: ast.AST) -> bool:

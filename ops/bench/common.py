@@ -34,7 +34,7 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
 @contextlib.contextmanager
 def broker_for(settings: Settings, scratch: Path) -> Iterator[Settings]:
     """Use the configured or running broker; otherwise start a private Tansu for this bench."""
-    from ops import stack
+    from ops.stack import broker as stack
     from streams.kafka import BrokerUnavailable, bootstrap_servers
 
     try:

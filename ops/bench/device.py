@@ -49,7 +49,7 @@ async def _run(s: Settings, devices: int) -> dict[str, Any]:
     from device.runtime import Runtime
     from device.torchconfig import configure_torch
     from ops.datasets import load_dataset
-    from ops.replay import plan_days
+    from ops.replay.publish import plan_days
     from streams.schemas import DeviceActions, DownBatch, DownNotice, pack_samples
 
     configure_torch(s.torch_threads)

@@ -41,11 +41,11 @@ def run(out: Path, quick: bool, settings: Settings) -> dict[str, Any]:
 
 
 async def _run(base: Settings, scratch: Path, users: int, rate: float, seconds: float) -> dict[str, Any]:
-    from ops.cmd_cloud import train_and_publish
+    from agents.globalmodel import train_and_publish
     from ops.datasets import load_dataset
-    from ops.namespace import in_namespace
-    from ops.pipeline import Processes, barrier
-    from ops.replay import Publisher, plan_days
+    from ops.replay.publish import Publisher, plan_days
+    from ops.stack.namespace import in_namespace
+    from ops.stack.pipeline import Processes, barrier
     from streams.kafka import ensure_topics
     from streams.topics import load_topics
 
@@ -116,7 +116,7 @@ async def _latency(s: Settings, topics: Any, pub: Any, plan: Any, rate: float, s
 
 
 async def _daily_cycle(s: Settings, topics: Any, pub: Any, plan: Any, procs: Any) -> dict[str, Any]:
-    from ops.pipeline import barrier
+    from ops.stack.pipeline import barrier
 
     start = time.monotonic()
     await pub.actions(plan)

@@ -111,7 +111,7 @@ def _job(settings: Settings, n: int) -> tuple[DevicesJob, list[bytes]]:
     """Per device: one day's events; the matched payloads every device receives."""
     from core.features import History, event_to_sample
     from ops.datasets import load_dataset
-    from ops.replay import plan_days
+    from ops.replay.publish import plan_days
     from streams.schemas import pack_samples
 
     data = load_dataset("synthetic", n_users=n + 10, days=1, events_per_user=20, seed=7)
@@ -178,8 +178,8 @@ async def _fleet(base: Settings, state: Path, devices: DevicesJob, payloads: lis
                  processes: int, then: Any = None) -> dict[str, Any]:
     """The daily cycle through `processes` fleet processes; `then(s, topics, procs)` runs on the same fleets after."""
     from core.privacy import device_pseudonym
-    from ops.namespace import in_namespace
-    from ops.pipeline import Processes
+    from ops.stack.namespace import in_namespace
+    from ops.stack.pipeline import Processes
     from streams.kafka import consumer, ensure_topics, producer
     from streams.schemas import DeviceActions, PullRequest, decode, encode
     from streams.topics import load_topics

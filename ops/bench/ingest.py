@@ -35,7 +35,7 @@ def run(out: Path, quick: bool, settings: Settings, workers: tuple[int, ...] = (
 
 async def _run(base: Settings, scratch: Path, quick: bool, worker_counts: tuple[int, ...]) -> dict[str, Any]:
     from ops.datasets import load_dataset
-    from ops.replay import plan_days
+    from ops.replay.publish import plan_days
 
     users = 300 if quick else 3000
     dataset = load_dataset("synthetic", n_users=users, days=4, events_per_user=(20, 40), seed=1)
@@ -68,14 +68,14 @@ async def _run(base: Settings, scratch: Path, quick: bool, worker_counts: tuple[
 
 
 def _namespace(base: Settings, scratch: Path, name: str) -> Settings:
-    from ops.namespace import in_namespace
+    from ops.stack.namespace import in_namespace
 
     return in_namespace(base.replace(state_dir=scratch), f"ingest-{int(time.time())}-{name}")
 
 
 async def _pipeline(s: Settings, plans: list, workers: int) -> float:  # type: ignore[type-arg]
-    from ops.pipeline import Processes, barrier
-    from ops.replay import DayPlan, Publisher
+    from ops.replay.publish import DayPlan, Publisher
+    from ops.stack.pipeline import Processes, barrier
     from streams.kafka import ensure_topics
     from streams.topics import load_topics
 
@@ -99,7 +99,7 @@ async def _pipeline(s: Settings, plans: list, workers: int) -> float:  # type: i
 
 
 async def _raw_ceiling(s: Settings) -> tuple[float, int]:
-    from ops.topicio import read_topic
+    from streams.topicio import read_topic
     from streams.topics import load_topics
 
     name = load_topics(s.topics_file, s.topic_prefix).name("up")
@@ -110,8 +110,8 @@ async def _raw_ceiling(s: Settings) -> tuple[float, int]:
 
 
 async def _faust_noop(s: Settings) -> tuple[float, int]:
-    from ops.topicio import read_topic
     from streams.app import create_app, topic
+    from streams.topicio import read_topic
     from streams.topics import load_topics
 
     topics = load_topics(s.topics_file, s.topic_prefix)

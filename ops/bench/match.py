@@ -13,7 +13,7 @@ ADAPTERS = ["edge://", "memory://", "exact://"]
 
 def run(out: Path, quick: bool, dim: int = 64, k: int = 100, large: bool = False) -> dict[str, Any]:
     """Default sizes fit the 5-minute budget; `large` adds 1M users (Edge's HNSW build alone ~7 min here)."""
-    from agents.index.bench import bench_match
+    from ops.bench.knn import bench_match
 
     sizes = [2_000, 10_000] if quick else [10_000, 100_000] + ([1_000_000] if large else [])
     queries = 50 if quick else 300

@@ -198,7 +198,7 @@ async def _listen(s: Settings, topics: Any, topic: str, key_of: Any, sent: dict[
 # --------------------------------------------------------------------------- cloud workers
 async def _cloud(base: Settings, scratch: Path, sizes: Sizes, counts: Sequence[int]) -> dict[str, Any]:
     from ops.datasets import load_dataset
-    from ops.replay import plan_days
+    from ops.replay.publish import plan_days
 
     data = load_dataset("synthetic", n_users=sizes.users, days=sizes.days, events_per_user=(20, 40), seed=1)
     plans = plan_days(data.events)
@@ -218,7 +218,7 @@ async def _cloud(base: Settings, scratch: Path, sizes: Sizes, counts: Sequence[i
 
 
 def _namespace(base: Settings, scratch: Path, name: str) -> Settings:
-    from ops.namespace import in_namespace
+    from ops.stack.namespace import in_namespace
 
     return in_namespace(base.replace(state_dir=scratch), f"scale-{int(time.time())}-{name}")
 
@@ -244,8 +244,8 @@ async def _worker_stats_settled(s: Settings, idents: Sequence[str], events: int,
 
 async def _cloud_run(s: Settings, plans: list[Any], events: int, workers: int,
                      rebalance: Sizes | None = None) -> dict[str, Any]:
-    from ops.pipeline import Processes, barrier
-    from ops.replay import DayPlan, Publisher
+    from ops.replay.publish import DayPlan, Publisher
+    from ops.stack.pipeline import Processes, barrier
     from streams.kafka import ensure_topics
     from streams.topics import load_topics
 
@@ -304,8 +304,8 @@ async def _cloud_run(s: Settings, plans: list[Any], events: int, workers: int,
 
 async def _topic_bytes(s: Settings) -> dict[str, int]:
     """Key + value bytes written to each of the namespace's topics (stream topics and table changelogs)."""
-    from ops.topicio import read_topic
     from streams.kafka import admin
+    from streams.topicio import read_topic
 
     client = await admin(s)
     try:

@@ -91,8 +91,8 @@ def breakdown(plain: dict[str, Any], profiled: dict[str, Any]) -> dict[str, Any]
 async def _run(base: Settings, scratch: Path, users: int, days: int, name: str, profile: bool) -> dict[str, Any]:
     from agents.worker import build_worker, tune_gc
     from ops.datasets import load_dataset
-    from ops.namespace import in_namespace
-    from ops.replay import DayPlan, plan_days
+    from ops.replay.publish import DayPlan, plan_days
+    from ops.stack.namespace import in_namespace
     from streams.kafka import ensure_topics
 
     s = in_namespace(base.replace(state_dir=scratch), f"stages-{int(time.time())}-{name}")
@@ -144,7 +144,7 @@ async def _run(base: Settings, scratch: Path, users: int, days: int, name: str, 
 
 async def _publish_in_thread(s: Settings, topics: Any, plans: list[Any]) -> float:
     """Publish `plans` to the up-tunnel from a thread with its own loop; returns that thread's CPU seconds."""
-    from ops.replay import Publisher
+    from ops.replay.publish import Publisher
 
     async def publish() -> float:
         t0 = time.thread_time()

@@ -294,7 +294,7 @@ _TYPE_NAMES = {"array": "list", "object": "map", "null": "None"}
 
 
 def _plain_words(message: str) -> str:
-    """'Expected `int`, got `str`' → 'expected int, got str' (what ops/deadletters.py parses)."""
+    """'Expected `int`, got `str`' → 'expected int, got str' (what streams/deadletterview.py parses)."""
     parts = message.split("`")
     for i in range(1, len(parts), 2):
         parts[i] = " | ".join(_TYPE_NAMES.get(name, name) for name in parts[i].split(" | "))

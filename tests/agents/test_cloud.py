@@ -5,11 +5,11 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from ops.checks import batch_rules, knn_recall, vector_parity
-from ops.cloudrun import CloudRun
+from ops.audit.checks import batch_rules, knn_recall, vector_parity
+from ops.audit.exports import RunRecords, collect
+from ops.chaos.cloudrun import CloudRun
 from ops.datasets import load_dataset
-from ops.exports import RunRecords, collect
-from ops.replay import plan_days
+from ops.replay.publish import plan_days
 from streams.settings import Settings
 from streams.topics import load_topics
 

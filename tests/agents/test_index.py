@@ -181,7 +181,7 @@ def test_server_url_parsing(tmp_path: Path) -> None:
 
 
 def test_edge_hnsw_recall_at_10_vs_exact(tmp_path: Path) -> None:
-    from agents.index.bench import clustered_vectors
+    from ops.bench.knn import clustered_vectors
 
     n, dim = 5000, 64
     vectors = clustered_vectors(n, dim, seed=3)

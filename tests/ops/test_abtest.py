@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from core.metrics import auc
-from ops import abtest
-from ops.experiment import EvalRow
+from ops.experiment import abtest
+from ops.experiment.runner import EvalRow
 
 # two-sided 95% Student-t quantiles t(0.975, n − 1) from printed tables, for n = 2..30 and 60
 T975 = {2: 12.7062, 3: 4.3027, 4: 3.1824, 5: 2.7764, 6: 2.5706, 7: 2.4469, 8: 2.3646, 9: 2.3060, 10: 2.2622,

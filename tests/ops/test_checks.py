@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ops import deadletters
-from ops.checks import batch_rules, knn_recall, vector_norms
-from ops.exports import RunRecords
+from ops.audit.checks import batch_rules, knn_recall, vector_norms
+from ops.audit.exports import RunRecords
+from streams import deadletterview as deadletters
 from streams.schemas import BehaviourEvent, DeadLetter, UpEnvelope, UserVector, encode
 from streams.settings import Settings
 
@@ -51,7 +51,7 @@ async def test_no_samples_error_names_the_dead_letters_behind_it(settings: Setti
     """'no samples to train on' says what was rejected and how often, read from the dead-letter topic."""
     import pytest
 
-    from ops.cmd_cloud import NoSamples, train_and_publish
+    from agents.globalmodel import NoSamples, train_and_publish
     from streams.kafka import ensure_topics, producer
     from streams.topics import load_topics
 
@@ -79,8 +79,8 @@ def test_a_demo_without_samples_says_which_events_were_rejected_and_why(tmp_path
     import asyncio
     import json
 
-    from ops.cmd_cloud import NoSamples
-    from ops.cmd_demo import Demo
+    from agents.globalmodel import NoSamples
+    from ops.cli.cmd_demo import Demo
 
     envelope = encode(UpEnvelope("d", [BehaviourEvent("u", 1, "i", [], "click")] * 6))
     detail = "events[0].profile['age']: expected str, got int"

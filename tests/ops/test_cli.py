@@ -19,7 +19,7 @@ def _coda(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
 def test_version_and_help_import_no_command_module() -> None:
     """`coda --help` parses without importing torch or any command's module; --version prints one."""
     probe = ("import sys\nfrom ops import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-             "print(sorted(m for m in ('torch', 'faust', 'aiokafka', 'ops.cmd_fleet') if m in sys.modules))")
+             "print(sorted(m for m in ('torch', 'faust', 'aiokafka', 'ops.cli.cmd_fleet') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
     assert _coda("--version").stdout.startswith("coda 0.1")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from core.features import FeatureSpace, profile_buckets
-from ops.contract import schema_table, validate_lines
-from ops.replay import to_event
+from ops.replay.contract import schema_table, validate_lines
+from ops.replay.publish import to_event
 from streams.schemas import BehaviourEvent, UpEnvelope, decode, encode
 
 GOOD = {"user_id": "u1", "ts": 1_700_000_000, "item_id": "i1", "item_tags": ["a"], "action": "click"}

@@ -164,7 +164,7 @@ def test_drift_scenario_has_headroom_by_its_own_probabilities() -> None:
     """The drift preset: ranking live events by their true probabilities beats ranking them by the
     taste before the cut by at least 0.05 GAUC, and its groups are hidden from profiles and exposure."""
     from core.metrics import auc
-    from ops.experiment import DRIFT
+    from ops.experiment.runner import DRIFT
 
     data = load_dataset("synthetic", seed=0, **{**DRIFT, "n_users": 240})
     truth, start = data.meta["truth"], data.meta["params"]["start_ts"]

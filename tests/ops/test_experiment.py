@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from core.arms import ARMS
-from ops import expreport
-from ops.experiment import Params, eval_rows, prepare, run_streaming
-from ops.offline import run_offline
+from ops.experiment.offline import run_offline
+from ops.experiment.results import agreement
+from ops.experiment.runner import Params, eval_rows, prepare, run_streaming
 from streams.settings import Settings
 
 SMALL = Params(dataset="synthetic", seeds=(1,), k=10, users=36, history_share=0.5, index_url="exact://",
@@ -30,7 +30,7 @@ async def test_streaming_experiment_agrees_with_the_offline_reference(settings: 
     offline = run_offline(split, SMALL.settings_for(settings, "offline", 1), 1, SMALL.global_seed)
     assert offline.global_version == run.global_model["version"]
     assert {d.arm for d in run.devices} == set(ARMS)
-    agree = expreport.agreement(stream, offline.rows)
+    agree = agreement(stream, offline.rows)
     assert agree["unkeyed_rows"] == 0  # every row carries its sample id: the join is by event
     for arm, a in agree["agreement"].items():
         assert a["events_stream"] == a["events_offline"] > 0, arm
@@ -64,7 +64,7 @@ async def test_the_engines_agree_on_the_drift_scenario_with_the_device_knobs(set
     assert split.truth and len(split.live) == 3
     [run] = await _in_thread(run_streaming, root, split, DRIFT_SMALL, lambda m: None)
     offline = run_offline(split, DRIFT_SMALL.settings_for(root, "offline", 2), 2, DRIFT_SMALL.global_seed)
-    agree = expreport.agreement(eval_rows(run.seed, run.devices, split.cut_day), offline.rows)
+    agree = agreement(eval_rows(run.seed, run.devices, split.cut_day), offline.rows)
     assert agree["unkeyed_rows"] == 0 and agree["identical_share"] >= 0.9, agree
     for d in run.devices:
         assert (d.trains, d.steps) == (offline.trains[d.pseudonym], offline.steps[d.pseudonym]), d.pseudonym

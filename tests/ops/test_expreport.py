@@ -1,4 +1,4 @@
-"""Tests for ops.expreport: analyse() end to end on synthetic rows, the funnel, the report and its figures."""
+"""Tests for the experiment report (ops/experiment/results.py, report.py and what they use): analyse() end to end on synthetic rows, the funnel, the report and its figures."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from core.arms import ARMS
-from ops import expreport
-from ops.experiment import EvalRow, Params, Split, pseudonyms
-from ops.replay import DAY, plan_days
+from ops.experiment import report
+from ops.experiment.results import SeedLogs, agreement, analyse, neighbour_agreement
+from ops.experiment.runner import EvalRow, Params, Split, pseudonyms
+from ops.replay.publish import DAY, plan_days
 
 KEY = "test-key"
 USERS = [f"u{i:02d}" for i in range(30)]
@@ -58,14 +59,14 @@ def _rows(split: Split, seeds: tuple[int, ...], references: tuple[str, ...]) -> 
     return out
 
 
-def _logs(seeds: tuple[int, ...]) -> list[expreport.SeedLogs]:
+def _logs(seeds: tuple[int, ...]) -> list[SeedLogs]:
     """Neighbours mostly from the user's own group; coda keeps own-group samples, coda_random any."""
     pseud = {u: p for p, u in pseudonyms(KEY, USERS).items()}
     out = []
     for s in seeds:
         arms = {f"dev-{u}": ARMS[(i + s) % len(ARMS)] for i, u in enumerate(USERS)}
-        lg = expreport.SeedLogs(s, arms, {f"dev-{u}": u for u in USERS}, {}, [],
-                                schedule={"local": "day end of an active day", "coda": "on notice or day end"})
+        lg = SeedLogs(s, arms, {f"dev-{u}": u for u in USERS}, {}, [],
+                      schedule={"local": "day end of an active day", "coda": "on notice or day end"})
         for i, u in enumerate(USERS):
             dev, arm = f"dev-{u}", arms[f"dev-{u}"]
             mates = [v for v in USERS if v != u and GROUPS[v] == GROUPS[u]][:4] + [USERS[(i + 1) % 30]]
@@ -89,7 +90,7 @@ def results() -> dict[str, Any]:
     seeds = (0, 1, 2)
     split = _split(GROUPS)
     params = Params(dataset="synthetic", seeds=seeds, k=5, bootstrap=60, top_n=1)
-    return expreport.analyse(_rows(split, seeds, ("oracle", "own_future", "group_oracle")), split, params,
+    return analyse(_rows(split, seeds, ("oracle", "own_future", "group_oracle")), split, params,
                              _logs(seeds), KEY)
 
 
@@ -120,7 +121,7 @@ def test_headroom_uses_the_oracle_and_orders_the_arms(results: dict[str, Any]) -
 def test_headroom_falls_back_to_own_future_without_an_oracle() -> None:
     seeds = (0, 1)
     split = _split(None)
-    res = expreport.analyse(_rows(split, seeds, ("own_future",)), split,
+    res = analyse(_rows(split, seeds, ("own_future",)), split,
                             Params(seeds=seeds, k=5, bootstrap=20, top_n=1), _logs(seeds), KEY)
     assert res["headroom"]["reference"] == "own_future" and "not a bound" in res["headroom"]["label"]
     assert "coda" in res["headroom"]["shares"] and "own_future" not in res["headroom"]["shares"]
@@ -168,7 +169,7 @@ def test_series_carry_bands(results: dict[str, Any]) -> None:
 
 
 def test_write_makes_the_report_the_forest_plot_and_the_targets(results: dict[str, Any], tmp_path: Path) -> None:
-    expreport.write({**results, "elapsed_s": 12.5}, tmp_path)
+    report.write({**results, "elapsed_s": 12.5}, tmp_path)
     for name in ("forest.png", "fig9_daily.png", "fig10_accumulated_lift.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     body = json.loads((tmp_path / "results.json").read_text())
@@ -191,7 +192,7 @@ def test_agreement_joins_events_by_sample_id() -> None:
         return [EvalRow(0, "coda", "u", 0, 100, 1, 0.9, "s-a"), EvalRow(0, "coda", "u", 0, 100, 0, score_b, "s-b"),
                 EvalRow(-1, "oracle", "u", 0, 100, 1, 0.7, "s-a")]
 
-    agree = expreport.agreement(rows(0.2), rows(0.5))
+    agree = agreement(rows(0.2), rows(0.5))
     assert agree["shared_events"] == 3 and agree["max_score_diff"] == pytest.approx(0.3)
     assert agree["identical_share"] == pytest.approx(2 / 3, abs=1e-4)
     assert set(agree["agreement"]) == {"coda", "oracle"}
@@ -201,10 +202,10 @@ def test_a_run_without_references_still_reports(tmp_path: Path) -> None:
     """No reference rows (e.g. an old export): no headroom, targets on it not measurable, figures still drawn."""
     seeds = (0, 1)
     split = _split(GROUPS)
-    res = expreport.analyse(_rows(split, seeds, ()), split, Params(seeds=seeds, k=5, bootstrap=20, top_n=1),
+    res = analyse(_rows(split, seeds, ()), split, Params(seeds=seeds, k=5, bootstrap=20, top_n=1),
                             _logs(seeds), KEY)
     assert res["references"] == [] and res["headroom"]["reference"] is None and not res["headroom"]["shares"]
-    expreport.write(res, tmp_path)
+    report.write(res, tmp_path)
     assert (tmp_path / "forest.png").stat().st_size > 0
     targets = json.loads((tmp_path / "results.json").read_text())["targets"]
     assert [t["met"] for t in targets if "headroom" in t["target"]] == [None, None]
@@ -218,9 +219,9 @@ def test_neighbour_agreement_counts_shared_items_per_pair() -> None:
                ("c", "i3", 1))]
     pseud = {u: p for p, u in pseudonyms(KEY, ["a", "b", "c"]).items()}
     arms = {"dev-a": "coda", "dev-b": "cloud", "dev-c": "coda_random"}
-    lg = expreport.SeedLogs(0, arms, {d: d[4:] for d in arms}, {}, [],
-                            [(pseud["a"], [pseud["b"]]), (pseud["a"], [pseud["b"]]), (pseud["c"], [pseud["a"]])])
-    out = expreport.neighbour_agreement([lg], events, KEY)
+    lg = SeedLogs(0, arms, {d: d[4:] for d in arms}, {}, [],
+                  [(pseud["a"], [pseud["b"]]), (pseud["a"], [pseud["b"]]), (pseud["c"], [pseud["a"]])])
+    out = neighbour_agreement([lg], events, KEY)
     assert set(out) == {"coda", "coda_random"}
     assert (out["coda"]["pairs"], out["coda"]["shared_items"], out["coda"]["neighbours"]) == (1, 2, 0.5)
     assert out["coda"]["random"] in (0.5, 0.0)  # b (1 of 2) or c (0 of 1)

@@ -11,8 +11,8 @@ from pathlib import Path
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.pipeline import Processes
-from ops.replay import Publisher, plan_days
+from ops.replay.publish import Publisher, plan_days
+from ops.stack.pipeline import Processes
 from streams.kafka import ensure_topics
 from streams.metrics import Metrics, endpoint_file, metrics_port
 from streams.settings import Settings

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ops import abtest
-from ops.experiment import Params, prepare
-from ops.references import REFERENCE_SEED, Recipe, reference_rows
-from ops.tuning import global_rows
+from ops.experiment import abtest
+from ops.experiment.references import REFERENCE_SEED, Recipe, reference_rows
+from ops.experiment.runner import Params, prepare
+from ops.experiment.tuning import global_rows
 from streams.settings import Settings
 
 SLICE = Params(dataset="synthetic", scenario="drift", seeds=(0,), k=10, history_share=0.5,
@@ -35,8 +35,8 @@ def test_group_oracle_beats_the_stale_global_model_on_a_small_slice() -> None:
 def test_global_scores_are_the_cloud_arms_scores() -> None:
     """M0 rescored offline is exactly what cloud-arm devices served, event by event, on a split that
     stops before the data ends (the history-only tuning split): same model, same sequences, same events."""
-    from ops.offline import run_offline
-    from ops.tuning import history_split
+    from ops.experiment.offline import run_offline
+    from ops.experiment.tuning import history_split
 
     inner = history_split(prepare(SLICE), 0.5)
     settings = SLICE.settings_for(Settings(), "references", 0)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ops import stack
-from ops.keys import KEY_FILE, is_local, resolve_pseudonym_key
+from ops.stack import broker as stack
+from ops.stack.keys import KEY_FILE, is_local, resolve_pseudonym_key
 from streams.kafka import stack_file
 from streams.settings import DEV_PSEUDONYM_KEY, Settings, SettingsError
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ops.stack import alive
+from ops.stack.broker import alive
 from streams.topics import load_topics
 
 

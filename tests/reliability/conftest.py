@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from relhelp import PULL_BATCHES, Reference, canary_events, namespace
 
-from ops.chaos import ChaosRun
-from ops.exports import collect
-from ops.replay import plan_days
+from ops.audit.exports import collect
+from ops.chaos.run import ChaosRun
+from ops.replay.publish import plan_days
 from streams.topics import load_topics
 
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ops.audit.exports import RunRecords
 from ops.datasets import load_dataset
-from ops.exports import RunRecords
-from ops.replay import DayPlan
+from ops.replay.publish import DayPlan
 from streams.settings import Settings
 from streams.topics import Topics
 

@@ -8,25 +8,18 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer, TopicPartition
 from relhelp import PULL_BATCHES, Reference, namespace
 
-from ops import stack
-from ops.chaos import (
-    ChaosRun,
-    Kill,
-    chaos_plans,
-    compare_samples,
-    compare_vectors,
-    distinct_letters,
-    expected_state,
-)
-from ops.checks import batch_rules
-from ops.exports import collect
-from ops.pipeline import Processes, barrier
-from ops.replay import DAY, Publisher
-from ops.topicio import read_records
+from ops.audit.checks import batch_rules
+from ops.audit.exports import collect
+from ops.chaos.oracle import compare_samples, compare_vectors, distinct_letters, expected_state
+from ops.chaos.run import ChaosRun, Kill, chaos_plans
+from ops.replay.publish import DAY, Publisher
+from ops.stack import broker as stack
+from ops.stack.pipeline import Processes, barrier
 from streams.app import true_highwaters
 from streams.kafka import admin, client_options, consumer, ensure_topics
 from streams.schemas import SampleBatch
 from streams.settings import Settings
+from streams.topicio import read_records
 from streams.topics import load_topics
 
 

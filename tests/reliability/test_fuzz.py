@@ -11,16 +11,10 @@ from hypothesis import strategies as st
 from relhelp import PULL_BATCHES, Reference, namespace
 
 from core.ingest import IngestHistory, build_samples
-from ops.chaos import (
-    MUTATIONS,
-    ChaosRun,
-    compare_vectors,
-    dead_letter_mismatch,
-    expected_state,
-    mutate,
-    reconcile,
-)
-from ops.exports import collect
+from ops.audit.exports import collect
+from ops.chaos.inputs import MUTATIONS, mutate
+from ops.chaos.oracle import compare_vectors, expected_state
+from ops.chaos.run import ChaosRun, dead_letter_mismatch, reconcile
 from streams.schemas import BehaviourEvent, SchemaError, UpEnvelope, decode, encode
 from streams.settings import Settings
 from streams.topics import load_topics

@@ -13,9 +13,9 @@ import zlib
 
 from relhelp import CANARY, Reference
 
-from ops.topicio import read_topic
 from streams.kafka import admin
 from streams.schemas import DownBatch, SchemaError, decode, encode, unpack_samples
+from streams.topicio import read_topic
 
 MARK = CANARY.encode()
 

@@ -13,8 +13,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from ops import tls
-from ops.stack import alive
+from ops.stack import tls
+from ops.stack.broker import alive
 from streams import schemas
 from streams.app import create_app, topic
 from streams.kafka import client_options, consumer, producer

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from ops.deadletters import describe
 from streams import schemas as s
+from streams.deadletterview import describe
 from streams.schemas import codec
 from tests.streams.golden_records import RECORDS
 

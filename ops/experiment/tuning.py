@@ -1,0 +1,112 @@
+"""Tuning within the method without touching the test events: variants scored on a split of the history only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from core.arms import ARMS
+from ops.experiment import abtest
+from ops.experiment.offline import run_offline
+from ops.experiment.runner import PAPER_SIGMA, EvalRow, Params, Split
+from streams.settings import Settings
+
+_CLICKS = {"match_feature": "clicks"}
+_OUTCOME = {**_CLICKS, "classifier_input": "outcome"}
+_EPOCHS = {**_OUTCOME, "gate": "epoch", "train_epochs": 5}
+# (name, settings changes): the paper, then one stage of the funnel at a time — the matching
+# feature, the classifier's input, the gate and passes of Algorithm 3, the filter's threshold σ,
+# its validation window, a larger mini-batch (cheaper) — and the earlier variants (fewer
+# personalized parameters, the one-class gate).
+VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("paper", {}),
+    ("clicks", _CLICKS),
+    ("clicks+outcome", _OUTCOME),
+    ("clicks+outcome+epoch5", _EPOCHS),
+    ("clicks+outcome+epoch5+sigma=0.1", {**_EPOCHS, "sigma": 0.1}),
+    ("clicks+outcome+epoch5+sigma=0.05", {**_EPOCHS, "sigma": 0.05}),
+    ("clicks+outcome+epoch5+sigma=0.02", {**_EPOCHS, "sigma": 0.02}),
+    ("clicks+outcome+epoch3+sigma=0.05", {**_EPOCHS, "train_epochs": 3, "sigma": 0.05}),
+    ("clicks+outcome+epoch5+batch64", {**_EPOCHS, "train_batch": 64, "device_learning_rate": 0.015}),
+    ("clicks+outcome+epoch5+t1", {**_EPOCHS, "lifecycle_t_days": 1}),
+    ("personalize=mlp", {"personalize": "mlp"}),
+    ("one_class_gate=skip", {"one_class_gate": "skip"}),
+)
+
+
+def variants_named(names: Sequence[str] | None) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """The VARIANTS called `names`, in that order (None: all); an unknown name lists the known ones."""
+    if names is None:
+        return VARIANTS
+    known = dict(VARIANTS)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown tuning variant {', '.join(unknown)}: expected one of {', '.join(known)}")
+    return tuple((n, known[n]) for n in names)
+
+
+def history_split(split: Split, share: float) -> Split:
+    """The history days cut again at `share`: a validation experiment that ends before the test starts."""
+    days = split.history
+    cut = days[0].day + max(1, round((days[-1].day - days[0].day + 1) * share))
+    history, live = [p for p in days if p.day < cut], [p for p in days if p.day >= cut]
+    if not history or not live:
+        raise ValueError("the history is too short to split again for tuning")
+    return Split(f"{split.name} (history only)", split.events, split.groups, cut, history, live, split.truth)
+
+
+def global_rows(split: Split, settings: Settings) -> list[EvalRow]:
+    """M0's score of every live event (what the cloud arm serves): every arm pairs with it on all its users."""
+    from core.training import predict
+    from ops.experiment.references import global_model, live_samples, score_rows
+
+    m0, space = global_model(split, settings), settings.features
+    rows: list[EvalRow] = []
+    for _, samples in sorted(live_samples(split, space).items()):
+        rows += score_rows("global", split, samples, predict(m0, samples, space).tolist())
+    return rows
+
+
+def tune(settings: Settings, split: Split, params: Params, say: Callable[[str], None],
+         variants: Sequence[tuple[str, dict[str, Any]]] = VARIANTS) -> dict[str, Any]:
+    """Each variant's arms against M0 on the same users and events, on the history-only split (offline engine).
+
+    The variant with the best CoDA − M0 GAUC is `chosen`; nothing here reads a test event. Variants
+    are changes to the paper's recipe (σ included), whatever recipe or σ the run itself was given.
+    """
+    params = replace(params, recipe="paper", sigma=PAPER_SIGMA)
+    inner = history_split(split, params.history_share)
+    out: dict[str, Any] = {"split": {"cut_day": inner.cut_day, "history_days": len(inner.history),
+                                     "live_days": len(inner.live)}, "variants": []}
+    base = abtest.units(global_rows(inner, params.settings_for(settings, "tune", 0)), params.top_n)
+    for name, changes in variants:
+        rows = []
+        for seed in params.seeds:
+            s = params.settings_for(settings, "tune", seed).replace(**changes)
+            rows += run_offline(inner, s, seed, params.global_seed).rows
+        us = abtest.units(rows, params.top_n)
+        by_arm = {arm: [u for u in us if u.arm == arm] for arm in ARMS}
+        cell = {"name": name, "changes": changes,
+                "arms": {arm: abtest.point_metrics(by_arm[arm]) for arm in ARMS},
+                **{f"{arm}_vs_global": abtest.paired_lift(by_arm[arm], base, 200) for arm in ARMS if arm != "cloud"}}
+        out["variants"].append(cell)
+        say(f"tune {name}: ΔGAUC coda−M0 {_v(cell['coda_vs_global'], 'gauc')}, "
+            f"local−M0 {_v(cell['local_vs_global'], 'gauc')}, coda_random−M0 {_v(cell['coda_random_vs_global'], 'gauc')}")
+    scored = [(_value(c["coda_vs_global"], "gauc"), c["name"]) for c in out["variants"]]
+    out["chosen"] = max(scored)[1] if scored else None
+    return out
+
+
+def _value(lift: dict[str, Any], metric: str) -> float:
+    m = lift.get(metric)
+    return float("-inf") if not isinstance(m, dict) or m.get("value") is None else float(m["value"])
+
+
+def _v(lift: dict[str, Any], metric: str) -> str:
+    value = _value(lift, metric)
+    return "–" if value == float("-inf") else f"{value:+.4f}"
+
+
+def with_params(params: Params, **changes: Any) -> Params:
+    return replace(params, **changes)
