@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"K × σ sweep (default {SWEEP_K} × {SWEEP_SIGMA}) with the offline reference")
     parser.add_argument("--sweep-k", type=_ints, default=SWEEP_K, help="K values of the sweep, e.g. 30,100")
     parser.add_argument("--sweep-sigma", type=_floats, default=SWEEP_SIGMA, help="σ values of the sweep, e.g. 0.2,0.5")
-    parser.add_argument("--parallel", type=int, default=3, help="seeds whose pipelines run at once "
+    parser.add_argument("--parallel", type=int, default=3, help="seeds whose pipelines (or offline runs) run at once "
                         "(1: one after another, leanest; default 3 fits the 20-minute budget on 2 cores)")
     parser.add_argument("--tune", action="store_true", help="score training-schedule variants on a split of "
                         "the history only (offline engine; never the test events)")
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     say(f"{split.name}: {len(split.history)} history days, {len(split.live)} live days, "
         f"{len(split.live_users)} live users; seeds {list(params.seeds)}")
     if args.engine == "offline":
-        results = run_batch(settings, split, params, say, phases)
+        results = run_batch(settings, split, params, say, phases, args.parallel)
     else:
         results = run_experiment(settings, split, params, say, args.offline, args.keep_state, args.parallel,
                                  args.out, phases)
@@ -186,18 +186,17 @@ def run_experiment(settings: Settings, split: Any, params: Any, say: Any, offlin
     return results
 
 
-def run_batch(settings: Settings, split: Any, params: Any, say: Any, phases: Phases | None = None) -> dict[str, Any]:
+def run_batch(settings: Settings, split: Any, params: Any, say: Any, phases: Phases | None = None,
+              parallel: int = 1) -> dict[str, Any]:
     """The same analysis from the offline reference alone (labelled as such in the results)."""
-    from ops.experiment.offline import run_offline
     from ops.experiment.results import SeedLogs, analyse
 
     phases = {} if phases is None else phases
     rows, logs = [], []
     with phase(phases, "offline engine"):
-        for seed in params.seeds:
-            off = run_offline(split, params.settings_for(settings, "offline", seed), seed, params.global_seed, say)
+        for off in _offline_runs(settings, split, params, say, parallel):
             rows += off.rows
-            logs.append(SeedLogs(seed, off.arms, off.users, off.kept, off.batch_log, off.matches,
+            logs.append(SeedLogs(off.seed, off.arms, off.users, off.kept, off.batch_log, off.matches,
                                  off.trains, off.steps, off.model_change,
                                  schedules(settings.train_trigger), off.valid))
     with phase(phases, "references"):
@@ -205,8 +204,32 @@ def run_batch(settings: Settings, split: Any, params: Any, say: Any, phases: Pha
     with phase(phases, "analysis"):
         results = analyse([*rows, *references], split, params, logs, settings.pseudonym_key)
     results["reference_notes"] = notes
-    results["engine"] = "offline reference (ops/offline.py), not the streaming pipeline"
+    results["engine"] = "offline reference (ops/experiment/offline.py), not the streaming pipeline"
     return results
+
+
+def _offline_runs(settings: Settings, split: Any, params: Any, say: Any, parallel: int) -> list[Any]:
+    """One offline run per seed, in seed order; `parallel` > 1 runs that many seeds in worker processes
+    (spawned: a fork would copy the parent's torch state). Each seed is independent, so the rows are
+    the same either way."""
+    from ops.experiment.offline import run_offline
+
+    jobs = [(split, params.settings_for(settings, "offline", seed), seed, params.global_seed) for seed in params.seeds]
+    if parallel <= 1 or len(jobs) == 1:
+        return [run_offline(*job, say) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    say(f"offline engine: {len(jobs)} seeds, {min(parallel, len(jobs))} at a time")
+    with ProcessPoolExecutor(min(parallel, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_offline_seed, jobs))
+
+
+def _offline_seed(job: tuple[Any, Settings, int, int]) -> Any:
+    from ops.experiment.offline import run_offline
+    from ops.experiment.runner import stderr_say
+
+    return run_offline(*job, stderr_say("experiment"))
 
 
 def _references(settings: Settings, split: Any, params: Any, say: Any) -> tuple[list[Any], dict[str, Any]]:

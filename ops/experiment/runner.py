@@ -299,24 +299,33 @@ class DayBarrier:
         await self._ends.stop()
         await self.probe.__aexit__(*exc)
 
-    async def _surely_busy(self) -> bool:
+    async def _surely_busy(self) -> tuple[bool, int]:
+        """(some group is behind the reported ends, the sum of every group's committed offsets)."""
         reported = await self._ends.end_offsets(self._parts)
+        behind, progress = False, 0
         for group, names in self.probe.subscriptions.items():
             mine = {tp for tp in reported if tp.topic in names}
             found = await self.probe.committed(group, mine)
-            if any(reported[tp] > max(found[tp], 0) for tp in mine):
-                return True
-        return False
+            behind = behind or any(reported[tp] > max(found[tp], 0) for tp in mine)
+            progress += sum(max(found[tp], 0) for tp in mine)
+        return behind, progress
 
-    async def wait(self, timeout_s: float = 900, stable_polls: int = 2) -> None:
-        """Until every group has had zero lag for `stable_polls` polls in a row."""
-        deadline = time.monotonic() + timeout_s
+    async def wait(self, stalled_s: float = 900, stable_polls: int = 2) -> None:
+        """Until every group has had zero lag for `stable_polls` polls in a row.
+
+        Raises when no group commits anything for `stalled_s`: a hung consumer, not a slow day (a
+        loaded machine once took more than 15 minutes over one day's training and pulls).
+        """
+        last_progress, since = -1, time.monotonic()
         quiet, delay = 0, self.poll_s
         while quiet < stable_polls:
             self.procs.check()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"namespace not quiet after {timeout_s:.0f} s")
-            busy = await self._surely_busy() or await self.probe.lag() > 0
+            behind, progress = await self._surely_busy()
+            if progress != last_progress:
+                last_progress, since = progress, time.monotonic()
+            elif time.monotonic() - since > stalled_s:
+                raise TimeoutError(f"namespace not quiet: no consumer group committed for {stalled_s:.0f} s")
+            busy = behind or await self.probe.lag() > 0
             quiet = 0 if busy else quiet + 1
             # devices train for minutes while a poll costs the broker a request per group: back off
             # while busy (the end is seen at most busy_poll_max_s late), confirm quiet at full speed
