@@ -72,3 +72,17 @@ async def test_the_engines_agree_on_the_drift_scenario_with_the_device_knobs(set
     trained = {d.arm for d in run.devices if d.trains}
     assert {"local", "coda", "coda_nofilter", "coda_random"} <= trained  # every personalizing arm moved
     assert all(d.trains == 0 for d in run.devices if d.arm == "cloud")
+
+
+def test_offline_seeds_in_worker_processes_give_the_sequential_rows() -> None:
+    """`coda experiment --engine offline --parallel N`: each seed in its own process, the same rows in seed order."""
+    from dataclasses import replace
+
+    from ops.cli.cmd_experiment import _offline_runs
+
+    params = replace(SMALL, seeds=(0, 1))
+    split, root = prepare(params), Settings()
+    sequential = _offline_runs(root, split, params, lambda m: None, 1)
+    parallel = _offline_runs(root, split, params, lambda m: None, 2)
+    assert [r.seed for r in parallel] == [0, 1]
+    assert [r.rows for r in parallel] == [r.rows for r in sequential] and sequential[0].rows != sequential[1].rows
