@@ -286,10 +286,10 @@ class DayBarrier:
     async def __aenter__(self) -> DayBarrier:
         from aiokafka import TopicPartition
 
-        await self.probe.__aenter__()
-        await self._ends.start()
         from streams.internals import refresh_metadata
 
+        await self.probe.__aenter__()
+        await self._ends.start()
         await refresh_metadata(self._ends)
         self._parts = [TopicPartition(t, p) for t in self.probe.topics
                        for p in sorted(self._ends.partitions_for_topic(t) or ())]
@@ -299,7 +299,7 @@ class DayBarrier:
         await self._ends.stop()
         await self.probe.__aexit__(*exc)
 
-    async def _surely_busy(self) -> tuple[bool, int]:
+    async def _poll(self) -> tuple[bool, int]:
         """(some group is behind the reported ends, the sum of every group's committed offsets)."""
         reported = await self._ends.end_offsets(self._parts)
         behind, progress = False, 0
@@ -320,7 +320,7 @@ class DayBarrier:
         quiet, delay = 0, self.poll_s
         while quiet < stable_polls:
             self.procs.check()
-            behind, progress = await self._surely_busy()
+            behind, progress = await self._poll()
             if progress != last_progress:
                 last_progress, since = progress, time.monotonic()
             elif time.monotonic() - since > stalled_s:
