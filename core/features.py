@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from core.sample import Sample
+from core.sample import DAY, Sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,11 @@ class FeatureSpace:
     # length) or "outcome" (that, plus the sample's own target tags signed by its label: which
     # items this user clicks or passes over)
     classifier_input: str = "sequence"
+    # 0 (the paper): the user vector is one mean over the user's whole life. N: each sample's
+    # user feature lands in buckets keyed by its N-day calendar period as well, so two users are
+    # alike when they liked the same things in the same periods: a taste that changes over time is
+    # compared period by period instead of being averaged away (the vector keeps its size)
+    user_period_days: int = 0
 
 
 USER_FEATURES = ("sequence", "clicks")
@@ -135,21 +140,39 @@ def user_feature(sample: Sample, space: FeatureSpace) -> list[float]:
     The behaviour-sequence tag histogram plus the target item's own tags, so a user's very
     first sample (empty sequence) still says something about taste.
     """
-    if space.user_feature == "clicks":
+    if space.user_feature == "clicks" or space.user_period_days:
         dense = [0.0] * space.tag_buckets
-        for bucket_, value in user_feature_sparse(sample, "clicks").items():
+        for bucket_, value in user_feature_sparse(sample, space.user_feature, space.user_period_days,
+                                                  space.tag_buckets).items():
             dense[bucket_] = value
         return dense
     seq_tags = list(sample.seq_tags) + [sample.tags]
     return sequence_tag_histogram(seq_tags, space)
 
 
-def user_feature_sparse(sample: Sample, kind: str = "sequence") -> dict[int, float]:
+def user_feature_sparse(sample: Sample, kind: str = "sequence", period_days: int = 0,
+                        buckets: int = 0) -> dict[int, float]:
     """`user_feature`'s non-zero entries, bucket -> value, with bit-identical values.
 
     The same additions in the same order (a zero adds nothing to a sum of non-negative
-    floats), without building, dividing and adding a dense vector per sample.
+    floats), without building, dividing and adding a dense vector per sample. With
+    `period_days`, each entry moves to the bucket of (its tag bucket, the sample's calendar
+    period) among `buckets`.
     """
+    values = _user_feature_values(sample, kind)
+    return _in_period(values, sample.ts // DAY // period_days, buckets) if period_days else values
+
+
+def _in_period(values: dict[int, float], period: int, buckets: int) -> dict[int, float]:
+    """Re-key tag buckets by calendar period; two tags meeting in one bucket add, in tag order."""
+    out: dict[int, float] = {}
+    for tag, value in values.items():
+        key = bucket(f"{tag}\x1f{period}", buckets, "period")
+        out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def _user_feature_values(sample: Sample, kind: str) -> dict[int, float]:
     if kind == "clicks":  # a click spreads +1 over the item's tags, a pass −PASS_WEIGHT
         weight = 1.0 if sample.label else -PASS_WEIGHT
         return {t: weight / len(sample.tags) for t in sample.tags}

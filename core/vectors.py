@@ -38,7 +38,8 @@ class UserAccumulator:
             if sample.sample_id in self.counted:
                 continue
             self.counted[sample.sample_id] = sample.ts
-            for bucket, value in user_feature_sparse(sample, space.user_feature).items():  # the zeros would add nothing
+            feature = user_feature_sparse(sample, space.user_feature, space.user_period_days, space.tag_buckets)
+            for bucket, value in feature.items():  # the zeros would add nothing
                 self.total[bucket] += value
             self.count += 1
             self.last_ts = max(self.last_ts, sample.ts)

@@ -92,6 +92,9 @@ class Settings(BaseModel):
     # the user vector of Algorithm 1: "sequence" (the paper: behaviour-sequence tag histogram) or
     # "clicks" (clicked items' tags less a third for passed ones: taste even where exposure says nothing)
     match_feature: Literal["sequence", "clicks"] = field(default="sequence", metadata=_env("match_feature"))
+    # 0 (the paper): the user vector is one lifetime mean; N: that mean kept per N-day calendar
+    # period (hashed into the same buckets), so users match on what they did in the same periods
+    match_period_days: NonNegative = field(default=0, metadata=_env("match_period_days"))
     # Algorithm 2's classifier input: "sequence" (the paper) or "outcome" (plus the sample's
     # clicked-or-passed target tags)
     classifier_input: Literal["sequence", "outcome"] = field(default="sequence", metadata=_env("classifier_input"))
@@ -171,7 +174,7 @@ class Settings(BaseModel):
     @property
     def features(self) -> FeatureSpace:
         return FeatureSpace(self.item_buckets, self.tag_buckets, self.profile_buckets, self.seq_len,
-                            self.match_feature, self.classifier_input)
+                            self.match_feature, self.classifier_input, self.match_period_days)
 
     @property
     def embedded(self) -> bool:

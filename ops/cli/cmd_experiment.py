@@ -78,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(1: one after another, leanest; default 3 fits the 20-minute budget on 2 cores)")
     parser.add_argument("--tune", action="store_true", help="score training-schedule variants on a split of "
                         "the history only (offline engine; never the test events)")
+    parser.add_argument("--tune-only", action="store_true", help="--tune without the test run: nothing but "
+                        "history is read; writes tune.json and tune.md under --out")
     parser.add_argument("--tune-variants", type=_names, help="with --tune: only these variants, by name "
                         "(comma-separated; default: all of ops.tuning.VARIANTS)")
     parser.add_argument("--engine", choices=("stream", "offline"), default="stream",
@@ -108,6 +110,20 @@ def params_from(args: argparse.Namespace) -> Any:
                   recipe=args.recipe or DEFAULT_RECIPE.get(args.scenario, "paper"))
 
 
+def _tune_only(args: argparse.Namespace, settings: Settings, split: Any, params: Any, say: Any, t0: float) -> int:
+    """Score the variants on the history-only split and stop: the test events are never replayed."""
+    from ops.experiment.tables import tune_lines
+    from ops.experiment.tuning import tune, variants_named
+
+    result = tune(settings, split, params, say, variants_named(args.tune_variants))
+    result["elapsed_s"] = round(time.monotonic() - t0, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "tune.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "tune.md").write_text("\n".join(tune_lines(result)) + "\n")
+    say(f"tuned in {result['elapsed_s']} s: chosen {result['chosen']}; {args.out / 'tune.md'}")
+    return 0
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from ops.experiment.runner import prepare, stderr_say
 
@@ -119,6 +135,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         split = prepare(params)
     say(f"{split.name}: {len(split.history)} history days, {len(split.live)} live days, "
         f"{len(split.live_users)} live users; seeds {list(params.seeds)}")
+    if args.tune_only:
+        return _tune_only(args, settings, split, params, say, t0)
     if args.engine == "offline":
         results = run_batch(settings, split, params, say, phases, args.parallel)
     else:

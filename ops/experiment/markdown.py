@@ -18,7 +18,7 @@ from ops.experiment.tables import (
     _signed,
     _sweep_lines,
     _target_lines,
-    _tune_lines,
+    tune_lines,
 )
 
 
@@ -78,7 +78,7 @@ def report_md(res: Mapping[str, Any], figures: Sequence[str], offline: Mapping[s
     if "sweep" in res:
         lines += _sweep_lines(res["sweep"])
     if "tune" in res:
-        lines += _tune_lines(res["tune"])
+        lines += tune_lines(res["tune"])
     if offline:
         lines += _offline_agreement(offline)
     window = res["series"].get("window", 1)

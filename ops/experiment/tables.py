@@ -252,7 +252,7 @@ def _sweep_lines(sw: Mapping[str, Any]) -> list[str]:
     return [*out, ""]
 
 
-def _tune_lines(tu: Mapping[str, Any]) -> list[str]:
+def tune_lines(tu: Mapping[str, Any]) -> list[str]:
     sp = tu["split"]
     out = ["## Tuning within the method, on the history only", "",
            f"Variants scored on a validation experiment cut from the history days ({sp['history_days']} pool days, "

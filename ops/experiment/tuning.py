@@ -27,6 +27,10 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("clicks+outcome+epoch5+sigma=0.1", {**_EPOCHS, "sigma": 0.1}),
     ("clicks+outcome+epoch5+sigma=0.05", {**_EPOCHS, "sigma": 0.05}),
     ("clicks+outcome+epoch5+sigma=0.02", {**_EPOCHS, "sigma": 0.02}),
+    # the user vector kept per calendar period (3, 4 or 7 days; 5 and 10 are left out: they fall
+    # on the drift generator's own change days, a coincidence no real log offers)
+    *((f"clicks+outcome+epoch5+sigma=0.02+period{n}", {**_EPOCHS, "sigma": 0.02, "match_period_days": n})
+      for n in (3, 4, 7)),
     ("clicks+outcome+epoch3+sigma=0.05", {**_EPOCHS, "train_epochs": 3, "sigma": 0.05}),
     ("clicks+outcome+epoch5+batch64", {**_EPOCHS, "train_batch": 64, "device_learning_rate": 0.015}),
     ("clicks+outcome+epoch5+t1", {**_EPOCHS, "lifecycle_t_days": 1}),

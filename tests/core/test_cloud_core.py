@@ -93,6 +93,22 @@ def test_clicks_feature_is_the_tag_share_of_clicks() -> None:
     assert acc.mean == mean_vector([user_feature(s, space) for s in (clicked, shown)])
 
 
+def test_period_feature_keys_the_same_taste_by_calendar_period() -> None:
+    """match_period_days N: a sample's entries move to buckets of (tag, N-day period); the mean stays exact."""
+    space = FeatureSpace(user_feature="clicks", user_period_days=4)
+    day = 86_400
+    first = [Sample(f"a{i}", "u", day * i + 5, 1, (3, 7), (), (), (), 1) for i in range(4)]  # days 0-3: one period
+    later = Sample("b", "u", day * 4 + 5, 1, (3, 7), (), (), (), 1)  # day 4: the next period
+    keys = {tuple(user_feature_sparse(s, "clicks", 4, space.tag_buckets)) for s in first}
+    assert len(keys) == 1  # one period, one set of buckets
+    assert set(user_feature_sparse(later, "clicks", 4, space.tag_buckets)) != set(next(iter(keys)))
+    assert sum(user_feature_sparse(later, "clicks", 4, space.tag_buckets).values()) == 1.0  # nothing lost
+    acc = UserAccumulator()
+    acc.add([*first, later], space)
+    assert acc.mean == mean_vector([user_feature(s, space) for s in [*first, later]])
+    assert user_feature(later, FeatureSpace(user_feature="clicks"))[3] == 0.5  # 0: the paper's lifetime mean
+
+
 def test_prune_keeps_window() -> None:
     """Samples outside the match window leave `recent`."""
     acc = UserAccumulator()

@@ -59,3 +59,11 @@ def test_the_cli_refuses_bad_settings_with_one_line() -> None:
                           env={**os.environ, "CODA_PULL_TRIGGER": "dayend"})
     assert done.returncode == 2
     assert "CODA_PULL_TRIGGER='dayend': must be 'events' or 'day_end'" in done.stderr
+
+
+def test_readme_configuration_table_is_the_settings() -> None:
+    """The README lists every environment variable with its default, as `coda config --markdown` prints it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = [f"| `{env}` | `{default}` | {name} |" for env, default, name in Settings().table()]
+    missing = [row for row in rows if row not in readme.splitlines()]
+    assert not missing, f"README configuration table is stale; run `coda config --markdown`: {missing}"
