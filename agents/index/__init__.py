@@ -120,7 +120,6 @@ class VectorIndex(ABC):
     def delete(self, users: Iterable[str]) -> None:
         """Remove users; unknown users are ignored."""
 
-    @abstractmethod
     def search(
         self,
         vector: Sequence[float],
@@ -129,10 +128,11 @@ class VectorIndex(ABC):
         min_last_ts: int | None = None,
     ) -> list[Neighbour]:
         """Up to `k` users nearest by cosine with last_ts >= min_last_ts, best first."""
+        return self.search_many([SearchQuery(vector, k, exclude_user, min_last_ts)])[0]
 
+    @abstractmethod
     def search_many(self, queries: Sequence[SearchQuery]) -> list[list[Neighbour]]:
-        """`search` for each query, in order; adapters override this to batch."""
-        return [self.search(q.vector, q.k, q.exclude_user, q.min_last_ts) for q in queries]
+        """`search` for each query, in order: every adapter answers in batches, one query is a batch of one."""
 
     @abstractmethod
     def count(self) -> int:

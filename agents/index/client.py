@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from qdrant_client import QdrantClient, models
 
-from agents.index import (
-    DEFAULT_COLLECTION,
-    DEFAULT_HNSW_EF,
-    LAST_TS_KEY,
-    USER_KEY,
-    Neighbour,
-    SearchQuery,
-    UserPoint,
-    VectorIndex,
-    as_vector,
-    chunks,
-    payload,
-    point_id,
-    split_usable,
-)
+from agents.index import DEFAULT_COLLECTION, DEFAULT_HNSW_EF, LAST_TS_KEY, USER_KEY, SearchQuery, point_id
+from agents.index.batched import BatchedIndex, PointData
 
 log = logging.getLogger(__name__)
-
-_BATCH = 512  # points per upsert request: keeps HTTP/gRPC bodies well under server limits
 
 
 def client_kwargs(url: str, state_dir: Path, api_key: str | None = None) -> tuple[dict[str, Any], str, int]:
@@ -53,8 +38,10 @@ def client_kwargs(url: str, state_dir: Path, api_key: str | None = None) -> tupl
     return kwargs, collection, hnsw_ef
 
 
-class ClientIndex(VectorIndex):
+class ClientIndex(BatchedIndex[models.QueryRequest]):
     """One collection; created on first open with cosine, HNSW m=16/ef_construct=100 and a last_ts index."""
+
+    batch = 512  # points per request: keeps HTTP/gRPC bodies well under server limits
 
     def __init__(self, kwargs: dict[str, Any], collection: str, dim: int, *, hnsw_ef: int = DEFAULT_HNSW_EF) -> None:
         self.dim = dim
@@ -79,18 +66,12 @@ class ClientIndex(VectorIndex):
             self._client.create_payload_index(self.collection, LAST_TS_KEY, models.PayloadSchemaType.INTEGER)
         log.info("created collection %s (dim %s)", self.collection, self.dim)
 
-    def upsert(self, points: Sequence[UserPoint]) -> None:
-        keep, drop = split_usable(points, self.dim)
-        self.delete(drop)
-        for batch in chunks(keep, _BATCH):
-            structs = [
-                models.PointStruct(id=str(point_id(p.user)), vector=arr.tolist(), payload=payload(p)) for p, arr in batch
-            ]
-            self._client.upsert(self.collection, structs, wait=True)
+    def _write(self, points: list[PointData]) -> None:
+        structs = [models.PointStruct(id=str(pid), vector=vector, payload=data) for pid, vector, data in points]
+        self._client.upsert(self.collection, structs, wait=True)
 
-    def delete(self, users: Iterable[str]) -> None:
-        for batch in chunks([str(point_id(u)) for u in users], _BATCH):
-            self._client.delete(self.collection, models.PointIdsList(points=list(batch)), wait=True)
+    def _remove(self, ids: list[uuid.UUID]) -> None:
+        self._client.delete(self.collection, models.PointIdsList(points=[str(pid) for pid in ids]), wait=True)
 
     @staticmethod
     def _filter(q: SearchQuery) -> models.Filter | None:
@@ -110,31 +91,8 @@ class ClientIndex(VectorIndex):
             with_payload=[USER_KEY],
         )
 
-    @staticmethod
-    def _neighbours(points: list[models.ScoredPoint]) -> list[Neighbour]:
-        return [Neighbour(p.payload[USER_KEY], p.score) for p in points]  # type: ignore[index]
-
-    def search(
-        self,
-        vector: Sequence[float],
-        k: int,
-        exclude_user: str | None = None,
-        min_last_ts: int | None = None,
-    ) -> list[Neighbour]:
-        return self.search_many([SearchQuery(vector, k, exclude_user, min_last_ts)])[0]
-
-    def search_many(self, queries: Sequence[SearchQuery]) -> list[list[Neighbour]]:
-        out: list[list[Neighbour]] = [[] for _ in queries]
-        todo: list[tuple[int, models.QueryRequest]] = []
-        for i, q in enumerate(queries):
-            arr = as_vector(q.vector, self.dim)
-            if arr is not None and q.k > 0:
-                todo.append((i, self._request(q, arr.tolist())))
-        if todo:
-            responses = self._client.query_batch_points(self.collection, [r for _, r in todo])
-            for (i, _), res in zip(todo, responses, strict=True):
-                out[i] = self._neighbours(res.points)
-        return out
+    def _query(self, requests: list[models.QueryRequest]) -> list[list[models.ScoredPoint]]:
+        return [res.points for res in self._client.query_batch_points(self.collection, requests)]
 
     def count(self) -> int:
         return self._client.count(self.collection, exact=True).count

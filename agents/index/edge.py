@@ -4,35 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+import uuid
 from pathlib import Path
 from typing import Any
 
 import qdrant_edge as qe
 
-from agents.index import (
-    DEFAULT_HNSW_EF,
-    LAST_TS_KEY,
-    USER_KEY,
-    Neighbour,
-    SearchQuery,
-    UserPoint,
-    VectorIndex,
-    as_vector,
-    chunks,
-    payload,
-    point_id,
-    split_usable,
-)
+from agents.index import DEFAULT_HNSW_EF, LAST_TS_KEY, USER_KEY, SearchQuery, point_id
+from agents.index.batched import BatchedIndex, PointData
 
 log = logging.getLogger(__name__)
 
-_BATCH = 1024  # points per update operation: one WAL record each, bounded memory
 _INT_OPTIONS = ("hnsw_ef", "m", "ef_construct", "indexing_threshold_kb", "full_scan_threshold_kb")
 _BOOL_OPTIONS = ("acorn", "optimize_on_flush")
 
 
-class EdgeIndex(VectorIndex):
+class EdgeIndex(BatchedIndex[qe.QueryRequest]):
     """One Edge shard in `path`; reopening the same path finds the points (the WAL replays).
 
     Edge has no background optimizer. Upserts are searchable at once, from a plain
@@ -52,6 +39,8 @@ class EdgeIndex(VectorIndex):
     window matching 5–20% of users lost most of its recall once the matching set exceeded the
     full-scan threshold (measured at 100k users: recall@100 0.18 at 10%, 0.99 with ACORN).
     """
+
+    batch = 1024  # points per update operation: one WAL record each, bounded memory
 
     def __init__(
         self,
@@ -104,16 +93,11 @@ class EdgeIndex(VectorIndex):
             params = qe.IntegerIndexParams(lookup=False, range=True, enable_hnsw=False)
             self._shard.update(qe.UpdateOperation.create_field_index(LAST_TS_KEY, params))
 
-    def upsert(self, points: Sequence[UserPoint]) -> None:
-        keep, drop = split_usable(points, self.dim)
-        self.delete(drop)
-        for batch in chunks(keep, _BATCH):
-            pts = [qe.Point(point_id(p.user), arr.tolist(), payload(p)) for p, arr in batch]
-            self._shard.update(qe.UpdateOperation.upsert_points(pts))
+    def _write(self, points: list[PointData]) -> None:
+        self._shard.update(qe.UpdateOperation.upsert_points([qe.Point(*p) for p in points]))
 
-    def delete(self, users: Iterable[str]) -> None:
-        for batch in chunks([point_id(u) for u in users], _BATCH):
-            self._shard.update(qe.UpdateOperation.delete_points(list(batch)))
+    def _remove(self, ids: list[uuid.UUID]) -> None:
+        self._shard.update(qe.UpdateOperation.delete_points(ids))
 
     def _request(self, q: SearchQuery, vector: list[float]) -> qe.QueryRequest:
         must = []
@@ -128,35 +112,8 @@ class EdgeIndex(VectorIndex):
             with_payload=[USER_KEY],
         )
 
-    @staticmethod
-    def _neighbours(points: list[qe.ScoredPoint]) -> list[Neighbour]:
-        return [Neighbour(p.payload[USER_KEY], p.score) for p in points]
-
-    def search(
-        self,
-        vector: Sequence[float],
-        k: int,
-        exclude_user: str | None = None,
-        min_last_ts: int | None = None,
-    ) -> list[Neighbour]:
-        arr = as_vector(vector, self.dim)
-        if arr is None or k <= 0:
-            return []
-        q = SearchQuery(vector, k, exclude_user, min_last_ts)
-        return self._neighbours(self._shard.query(self._request(q, arr.tolist())))
-
-    def search_many(self, queries: Sequence[SearchQuery]) -> list[list[Neighbour]]:
-        out: list[list[Neighbour]] = [[] for _ in queries]
-        todo: list[tuple[int, qe.QueryRequest]] = []
-        for i, q in enumerate(queries):
-            arr = as_vector(q.vector, self.dim)
-            if arr is not None and q.k > 0:
-                todo.append((i, self._request(q, arr.tolist())))
-        if todo:
-            results = self._shard.query_batch(qe.QueryBatchRequest([r for _, r in todo]))
-            for (i, _), res in zip(todo, results, strict=True):
-                out[i] = self._neighbours(res)
-        return out
+    def _query(self, requests: list[qe.QueryRequest]) -> list[list[qe.ScoredPoint]]:
+        return self._shard.query_batch(qe.QueryBatchRequest(requests))
 
     def count(self) -> int:
         return self._shard.count(qe.CountRequest(exact=True))

@@ -57,15 +57,6 @@ class ExactIndex(VectorIndex):
                 self._row_of[moved] = row
             self._users.pop()
 
-    def search(
-        self,
-        vector: Sequence[float],
-        k: int,
-        exclude_user: str | None = None,
-        min_last_ts: int | None = None,
-    ) -> list[Neighbour]:
-        return self.search_many([SearchQuery(vector, k, exclude_user, min_last_ts)])[0]
-
     def search_many(self, queries: Sequence[SearchQuery]) -> list[list[Neighbour]]:
         step = max(1, _SCORE_CELLS // max(1, len(self._users)))
         out: list[list[Neighbour]] = []
