@@ -3,7 +3,7 @@ schedules, sweeps and tuning, with the number formats they share."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from core.arms import ARMS
@@ -24,6 +24,15 @@ def _signed(m: Mapping[str, Any] | None) -> str:
     if m.get("relative"):
         return _ci(m, 4, pct=True)
     return f"{m['value']:+.4f} [{m['lo']:+.4f}, {m['hi']:+.4f}]" if m.get("lo") is not None else f"{m['value']:+.4f}"
+
+
+def _row(cells: Iterable[object]) -> str:
+    return f"| {' | '.join(str(c) for c in cells)} |"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A markdown table: header, rule, one line per row (cells as str() writes them)."""
+    return [_row(header), "|" + "---|" * len(header), *(_row(r) for r in rows)]
 
 
 # --------------------------------------------------------------------------- targets, headroom, funnel, schedules
@@ -118,17 +127,17 @@ def _headroom_lines(res: Mapping[str, Any]) -> list[str]:
     if hr.get("reference") is None:
         return [*out, hr["label"], ""]
     out += [f"Each row: {hr['label']}; users present in all three, ratio of means, 95% bootstrap CI over "
-            "those users.", "",
-            "| arm / reference | users | share (GAUC) | share (GAUC per user-day) | GAUC x / cloud / reference |",
-            "|---|---|---|---|---|"]
-    for name, h in hr["shares"].items():
-        if not h.get("users"):
-            out.append(f"| {name} | 0 | – | – | – |")
-            continue
-        g = h["gauc"]
-        out.append(f"| {name} | {h['users']} | {_ci(g, 3)} | {_ci(h['gauc_user_day'], 3)} | "
-                   f"{_num(g['arm'])} / {_num(g['cloud'])} / {_num(g['oracle'])} |")
-    return [*out, ""]
+            "those users.", ""]
+    header = ("arm / reference", "users", "share (GAUC)", "share (GAUC per user-day)", "GAUC x / cloud / reference")
+    return [*out, *_table(header, (_headroom_row(name, h) for name, h in hr["shares"].items())), ""]
+
+
+def _headroom_row(name: str, h: Mapping[str, Any]) -> tuple[object, ...]:
+    if not h.get("users"):
+        return (name, 0, "–", "–", "–")
+    g = h["gauc"]
+    return (name, h["users"], _ci(g, 3), _ci(h["gauc_user_day"], 3),
+            f"{_num(g['arm'])} / {_num(g['cloud'])} / {_num(g['oracle'])}")
 
 
 def _funnel_lines(res: Mapping[str, Any]) -> list[str]:
@@ -139,23 +148,19 @@ def _funnel_lines(res: Mapping[str, Any]) -> list[str]:
            "without signal.", ""]
     if f.get("chance") is not None:
         out += [f"Own-group shares (latent groups; chance for a random other user: {f['chance']}; the random "
-                f"control's kept samples: {_opt_share(f['control_kept_own_group'])}).", "",
-                "| arm | matching precision | matched own-group | kept own-group | kept | gate accepted | "
-                "model change | ΔGAUC vs cloud | headroom share |", "|---|---|---|---|---|---|---|---|---|"]
-        cells = ("matching_precision", "matched_own_group", "kept_own_group", "kept")
+                f"control's kept samples: {_opt_share(f['control_kept_own_group'])}).", ""]
+        header = ("arm", "matching precision", "matched own-group", "kept own-group", "kept")
+        cells: tuple[str, ...] = ("matching_precision", "matched_own_group", "kept_own_group", "kept")
     else:
         out += ["No latent groups on this data: the neighbours' agreement with the user's labels on items both "
-                "have, against a random other user for each (user, neighbour) pair.", "",
-                "| arm | neighbour agreement | random agreement | gate accepted | model change | "
-                "ΔGAUC vs cloud | headroom share |", "|---|---|---|---|---|---|---|"]
+                "have, against a random other user for each (user, neighbour) pair.", ""]
+        header = ("arm", "neighbour agreement", "random agreement")
         cells = ("neighbour_agreement", "random_agreement")
-    for arm, r in f["arms"].items():
-        lift = (r["lift_vs_cloud"] or {}).get("gauc")
-        row = [_opt_share(r[c]) for c in cells] + [_opt_share(r["accepted_share"]),
-                                                   _opt_share(r["model_change_mean"]), _signed(lift),
-                                                   _ci(r["headroom_share"], 3)]
-        out.append(f"| {arm} | {' | '.join(row)} |")
-    return [*out, ""]
+    header += ("gate accepted", "model change", "ΔGAUC vs cloud", "headroom share")
+    rows = [(arm, *(_opt_share(r[c]) for c in cells), _opt_share(r["accepted_share"]),
+             _opt_share(r["model_change_mean"]), _signed((r["lift_vs_cloud"] or {}).get("gauc")),
+             _ci(r["headroom_share"], 3)) for arm, r in f["arms"].items()]
+    return [*out, *_table(header, rows), ""]
 
 
 def _opt_share(x: Any) -> str:
@@ -163,121 +168,103 @@ def _opt_share(x: Any) -> str:
 
 
 def _schedule_lines(res: Mapping[str, Any]) -> list[str]:
-    out = ["## Schedules: when each arm trains, and what training did", "",
-           f"Validation metric before → after: {VALID_NOTE}.", "",
-           "| arm | schedule | devices | trainings per device (median) | gated steps accepted | "
-           "model change mean (median) | devices changed | validation metric before → after |",
-           "|---|---|---|---|---|---|---|---|"]
-    for arm, m in res["schedules"].items():
-        steps = (f"{m['steps_accepted']}/{m['steps_total']} ({m['accepted_share']})" if m["steps_total"] else "–")
-        change = "–" if m["model_change_mean"] is None else f"{m['model_change_mean']} ({m['model_change_median']})"
-        valid = ("–" if m["valid_before_mean"] is None
-                 else f"{m['valid_before_mean']} → {m['valid_after_mean']} (in-sample)")
-        out.append(f"| {arm} | {m['schedule'] or '–'} | {m['devices']} | {m['trainings_per_device']} "
-                   f"({m['trainings_median']}) | {steps} | {change} | {_opt_share(m['changed_share'])} | {valid} |")
-    return [*out, ""]
+    header = ("arm", "schedule", "devices", "trainings per device (median)", "gated steps accepted",
+              "model change mean (median)", "devices changed", "validation metric before → after")
+    return ["## Schedules: when each arm trains, and what training did", "",
+            f"Validation metric before → after: {VALID_NOTE}.", "",
+            *_table(header, (_schedule_row(arm, m) for arm, m in res["schedules"].items())), ""]
+
+
+def _schedule_row(arm: str, m: Mapping[str, Any]) -> tuple[object, ...]:
+    steps = (f"{m['steps_accepted']}/{m['steps_total']} ({m['accepted_share']})" if m["steps_total"] else "–")
+    change = "–" if m["model_change_mean"] is None else f"{m['model_change_mean']} ({m['model_change_median']})"
+    valid = ("–" if m["valid_before_mean"] is None
+             else f"{m['valid_before_mean']} → {m['valid_after_mean']} (in-sample)")
+    return (arm, m["schedule"] or "–", m["devices"], f"{m['trainings_per_device']} ({m['trainings_median']})",
+            steps, change, _opt_share(m["changed_share"]), valid)
 
 
 def _offline_table(res: Mapping[str, Any], key: str, title: str) -> list[str]:
-    out = [f"## {title}", "", "| arm | users | events | GAUC | GAUC per user-day | AUC | logloss |",
-           "|---|---|---|---|---|---|---|"]
-    for arm, m in res[key].items():
-        out.append(f"| {arm} | {m['users']['value']} | {m['events']['value']} | {_ci(m['gauc'])} | "
-                   f"{_ci(m['gauc_user_day'])} | {_ci(m['auc'])} | {_ci(m['logloss'])} |")
-    return [*out, ""]
+    header = ("arm", "users", "events", "GAUC", "GAUC per user-day", "AUC", "logloss")
+    rows = [(arm, m["users"]["value"], m["events"]["value"], *(_ci(m[k]) for k in ("gauc", "gauc_user_day", "auc", "logloss")))
+            for arm, m in res[key].items()]
+    return [f"## {title}", "", *_table(header, rows), ""]
 
 
 def _online_table(res: Mapping[str, Any]) -> list[str]:
     n = res["params"]["top_n"]
-    out = [f"## Table 4 analogue — online metrics per arm (each user's top-{n} scored items of a day)", "",
-           "| arm | click rate of top-ranked | clicks per user-day | share of user-days with a click |",
-           "|---|---|---|---|"]
-    for arm, m in res["arms"].items():
-        out.append(f"| {arm} | {_ci(m['ctr_top'])} | {_ci(m['clicks_per_user_day'])} | "
-                   f"{_ci(m['share_clicking'])} |")
-    return [*out, ""]
+    header = ("arm", "click rate of top-ranked", "clicks per user-day", "share of user-days with a click")
+    rows = [(arm, *(_ci(m[k]) for k in ("ctr_top", "clicks_per_user_day", "share_clicking")))
+            for arm, m in res["arms"].items()]
+    return [f"## Table 4 analogue — online metrics per arm (each user's top-{n} scored items of a day)", "",
+            *_table(header, rows), ""]
+
+
+# The paired lifts a lift table shows, in column order.
+_LIFT_METRICS = ("gauc", "gauc_user_day", "auc", "logloss", "ctr_top", "clicks_per_user_day", "share_clicking")
 
 
 def _lift_table(res: Mapping[str, Any], key: str, title: str) -> list[str]:
-    out = [f"## {title}", "", "Differences for GAUC/AUC/logloss (lower logloss is better), relative lifts for the "
-           "online rates; 95% bootstrap CI over paired users.", "",
-           "| comparison | users | ΔGAUC | ΔGAUC per user-day | ΔAUC | Δlogloss | click rate top-ranked | "
-           "clicks per user-day | share clicking |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, lift in res[key].items():
-        if not lift.get("users"):
-            out.append(f"| {name} | 0 | – | – | – | – | – | – | – |")
-            continue
-        out.append(f"| {name} | {lift['users']} | {_signed(lift['gauc'])} | {_signed(lift['gauc_user_day'])} | "
-                   f"{_signed(lift['auc'])} | "
-                   f"{_signed(lift['logloss'])} | {_signed(lift['ctr_top'])} | "
-                   f"{_signed(lift['clicks_per_user_day'])} | {_signed(lift['share_clicking'])} |")
-    return [*out, ""]
+    header = ("comparison", "users", "ΔGAUC", "ΔGAUC per user-day", "ΔAUC", "Δlogloss", "click rate top-ranked",
+              "clicks per user-day", "share clicking")
+    rows = [(name, lift["users"], *(_signed(lift[k]) for k in _LIFT_METRICS)) if lift.get("users")
+            else (name, 0, *("–" for _ in _LIFT_METRICS)) for name, lift in res[key].items()]
+    return [f"## {title}", "", "Differences for GAUC/AUC/logloss (lower logloss is better), relative lifts for the "
+            "online rates; 95% bootstrap CI over paired users.", "", *_table(header, rows), ""]
 
 
 def _seed_table(res: Mapping[str, Any]) -> list[str]:
-    out = ["## Per seed (each seed alone is a bucket test on disjoint users)", "",
-           "| arm | GAUC per seed | GAUC per user-day | AUC per seed | logloss per seed |", "|---|---|---|---|---|"]
-    fmt = (lambda vs: ", ".join("–" if v is None else f"{v:.4f}" for v in vs))  # noqa: E731
-    for arm in ARMS:
-        m = res["per_seed"][arm]
-        out.append(f"| {arm} | {fmt(m['gauc'])} | {fmt(m['gauc_user_day'])} | {fmt(m['auc'])} | {fmt(m['logloss'])} |")
-    out += ["", "| comparison | ΔGAUC mean [t-CI] over seeds | ΔGAUC per user-day | ΔAUC | Δlogloss |",
-            "|---|---|---|---|---|"]
-    for name, ms in res["per_seed_lifts"].items():
-        cells = []
-        for metric in ("gauc", "gauc_user_day", "auc", "logloss"):
-            t = ms[metric]
-            cells.append("–" if t["mean"] is None else
-                         f"{t['mean']:+.4f}" + (f" [{t['lo']:+.4f}, {t['hi']:+.4f}]" if t["lo"] is not None else ""))
-        out.append(f"| {name} | {' | '.join(cells)} |")
-    return [*out, ""]
+    metrics = ("gauc", "gauc_user_day", "auc", "logloss")
+    per_seed = [(arm, *(", ".join(_num(v) for v in res["per_seed"][arm][k]) for k in metrics)) for arm in ARMS]
+    lifts = [(name, *(_mean_ci(ms[k]) for k in metrics)) for name, ms in res["per_seed_lifts"].items()]
+    return ["## Per seed (each seed alone is a bucket test on disjoint users)", "",
+            *_table(("arm", "GAUC per seed", "GAUC per user-day", "AUC per seed", "logloss per seed"), per_seed), "",
+            *_table(("comparison", "ΔGAUC mean [t-CI] over seeds", "ΔGAUC per user-day", "ΔAUC", "Δlogloss"), lifts),
+            ""]
+
+
+def _mean_ci(t: Mapping[str, Any]) -> str:
+    """A mean over seeds with its t-interval, where there is one."""
+    if t["mean"] is None:
+        return "–"
+    return f"{t['mean']:+.4f}" + (f" [{t['lo']:+.4f}, {t['hi']:+.4f}]" if t["lo"] is not None else "")
 
 
 def _device_table(res: Mapping[str, Any]) -> list[str]:
-    out = ["## Devices per arm (all seeds)", "",
-           "| arm | devices | trainings per device | outside samples received | kept | kept share |",
-           "|---|---|---|---|---|---|"]
-    for arm, m in res["devices"].items():
-        out.append(f"| {arm} | {m['devices']} | {m['trains_per_device']} | {m['received']} | {m['kept']} | "
-                   f"{m['kept_share'] if m['kept_share'] is not None else '–'} |")
-    return [*out, ""]
+    header = ("arm", "devices", "trainings per device", "outside samples received", "kept", "kept share")
+    rows = [(arm, m["devices"], m["trains_per_device"], m["received"], m["kept"], _opt_share(m["kept_share"]))
+            for arm, m in res["devices"].items()]
+    return ["## Devices per arm (all seeds)", "", *_table(header, rows), ""]
 
 
 def _sweep_lines(sw: Mapping[str, Any]) -> list[str]:
-    out = ["## Sweep over K and σ (offline engine, same split and seeds)", "",
-           "| K | σ | coda GAUC | ΔGAUC coda−cloud | ΔGAUC coda−local | Δlogloss coda−cloud |", "|---|---|---|---|---|---|"]
-    for c in sw["grid"]:
-        out.append(f"| {c['k']} | {c['sigma']} | {_num(c['coda']['gauc'])} | {_signed(c['coda_vs_cloud'].get('gauc'))} | "
-                   f"{_signed(c['coda_vs_local'].get('gauc'))} | {_signed(c['coda_vs_cloud'].get('logloss'))} |")
-    return [*out, ""]
+    header = ("K", "σ", "coda GAUC", "ΔGAUC coda−cloud", "ΔGAUC coda−local", "Δlogloss coda−cloud")
+    rows = [(c["k"], c["sigma"], _num(c["coda"]["gauc"]), _signed(c["coda_vs_cloud"].get("gauc")),
+             _signed(c["coda_vs_local"].get("gauc")), _signed(c["coda_vs_cloud"].get("logloss"))) for c in sw["grid"]]
+    return ["## Sweep over K and σ (offline engine, same split and seeds)", "", *_table(header, rows), ""]
 
 
 def tune_lines(tu: Mapping[str, Any]) -> list[str]:
     sp = tu["split"]
-    out = ["## Tuning within the method, on the history only", "",
-           f"Variants scored on a validation experiment cut from the history days ({sp['history_days']} pool days, "
-           f"{sp['live_days']} validation days, all before the test period; offline engine). Each arm is paired "
-           "with the global model M0 on the same users and events. "
-           f"Chosen (best ΔGAUC coda − M0): **{tu.get('chosen')}**.", "",
-           "| variant | ΔGAUC coda−M0 | ΔGAUC local−M0 | ΔGAUC coda_random−M0 | ΔGAUC coda_nofilter−M0 | Δlogloss coda−M0 |",
-           "|---|---|---|---|---|---|"]
-    for v in tu["variants"]:
-        out.append(f"| {v['name']} | {_signed(v['coda_vs_global'].get('gauc'))} | "
-                   f"{_signed(v['local_vs_global'].get('gauc'))} | {_signed(v['coda_random_vs_global'].get('gauc'))} | "
-                   f"{_signed(v['coda_nofilter_vs_global'].get('gauc'))} | {_signed(v['coda_vs_global'].get('logloss'))} |")
-    return [*out, ""]
+    header = ("variant", "ΔGAUC coda−M0", "ΔGAUC local−M0", "ΔGAUC coda_random−M0", "ΔGAUC coda_nofilter−M0",
+              "Δlogloss coda−M0")
+    rows = [(v["name"], *(_signed(v[f"{arm}_vs_global"].get("gauc"))
+                          for arm in ("coda", "local", "coda_random", "coda_nofilter")),
+             _signed(v["coda_vs_global"].get("logloss"))) for v in tu["variants"]]
+    return ["## Tuning within the method, on the history only", "",
+            f"Variants scored on a validation experiment cut from the history days ({sp['history_days']} pool days, "
+            f"{sp['live_days']} validation days, all before the test period; offline engine). Each arm is paired "
+            "with the global model M0 on the same users and events. "
+            f"Chosen (best ΔGAUC coda − M0): **{tu.get('chosen')}**.", "", *_table(header, rows), ""]
 
 
 def _offline_agreement(off: Mapping[str, Any]) -> list[str]:
-    out = ["## Offline reference (batch, same split, same seeds)", "",
-           "| arm | events stream / offline | GAUC stream / offline | logloss stream / offline |",
-           "|---|---|---|---|"]
-    for arm, a in off["agreement"].items():
-        out.append(f"| {arm} | {a['events_stream']} / {a['events_offline']} | {_num(a['gauc_stream'])} / "
-                   f"{_num(a['gauc_offline'])} | {_num(a['logloss_stream'])} / {_num(a['logloss_offline'])} |")
-    out += ["", f"Largest score difference on a shared event: {off.get('max_score_diff')}; "
+    header = ("arm", "events stream / offline", "GAUC stream / offline", "logloss stream / offline")
+    rows = [(arm, f"{a['events_stream']} / {a['events_offline']}", f"{_num(a['gauc_stream'])} / {_num(a['gauc_offline'])}",
+             f"{_num(a['logloss_stream'])} / {_num(a['logloss_offline'])}") for arm, a in off["agreement"].items()]
+    return ["## Offline reference (batch, same split, same seeds)", "", *_table(header, rows), "",
+            f"Largest score difference on a shared event: {off.get('max_score_diff')}; "
             f"events scored identically (|Δ| ≤ 1e-6): {off.get('identical_share')}.", ""]
-    return out
 
 
 def _num(x: float | None) -> str:
