@@ -144,6 +144,15 @@ def test_filter_is_deterministic_given_seed() -> None:
 # --- Algorithm 3 ---
 
 
+def assert_gate_only_rises(r: training.GatedResult, valid: list[Sample]) -> None:
+    """Every accepted judgement beat the one before; the model returned is the last accepted and scores so."""
+    history = [r.valid_auc_before, *r.valid_history]
+    assert all(b > a for a, b in itertools.pairwise(history))
+    assert r.valid_auc_after == history[-1]
+    rescored = auc_or_fallback([s.label for s in valid], predict(r.model, valid, SPACE))
+    assert rescored == pytest.approx(r.valid_auc_after, abs=1e-9)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_gate_never_accepts_a_step_that_lowers_validation_auc(seed: int) -> None:
     """On unlearnable labels accepted metrics only rise; the returned model scores what was reported."""
@@ -151,22 +160,19 @@ def test_gate_never_accepts_a_step_that_lowers_validation_auc(seed: int) -> None
     train, valid = make_samples("me", 300, ALL_TAGS, rng), make_samples("me", 60, ALL_TAGS, rng)
     model = model_for_space(SPACE, seed=seed)
     r = train_gated(model, train, valid, SPACE, TrainConfig(epochs=2, seed=seed))
-    history = [r.valid_auc_before, *r.valid_history]
-    assert all(b > a for a, b in itertools.pairwise(history))
-    assert r.valid_auc_after == history[-1] >= r.valid_auc_before
+    assert_gate_only_rises(r, valid)
     assert r.accepted_steps == len(r.valid_history) < r.total_steps == 20
-    rescored = auc_or_fallback([s.label for s in valid], predict(r.model, valid, SPACE))
-    assert rescored == pytest.approx(r.valid_auc_after, abs=1e-9)
 
 
-def test_rejected_steps_leave_no_trace(monkeypatch: pytest.MonkeyPatch) -> None:
-    """When no step can improve the metric, the model ends bit-identical to where it started."""
+@pytest.mark.parametrize("gate, epochs", [("step", 1), ("epoch", 2)])
+def test_rejected_updates_leave_no_trace(monkeypatch: pytest.MonkeyPatch, gate: str, epochs: int) -> None:
+    """When no step or pass can improve the metric, the model ends bit-identical to where it started."""
     monkeypatch.setattr(training, "auc_or_fallback", lambda labels, scores: 0.5)
     train, valid = learnable(0)
     model = model_for_space(SPACE)
     before = weights(model)
-    r = train_gated(model, train, valid, SPACE, TrainConfig())
-    assert (r.accepted_steps, r.total_steps) == (0, 10)
+    r = train_gated(model, train, valid, SPACE, TrainConfig(epochs=epochs, gate=gate))
+    assert (r.accepted_steps, r.total_steps) == (0, 10 * epochs)
     assert same(before, weights(model))
 
 
@@ -214,20 +220,7 @@ def test_epoch_gate_judges_whole_passes(seed: int) -> None:
     cfg = TrainConfig(epochs=4, seed=seed, gate="epoch")
     r = train_gated(model_for_space(SPACE, seed=seed), train, valid, SPACE, cfg)
     assert 0 < r.accepted_steps <= 4 and r.total_steps == 4 * 10
-    history = [r.valid_auc_before, *r.valid_history]
-    assert all(b > a for a, b in itertools.pairwise(history))
-    rescored = auc_or_fallback([s.label for s in valid], predict(r.model, valid, SPACE))
-    assert rescored == pytest.approx(r.valid_auc_after, abs=1e-9)
-
-
-def test_rejected_epoch_leaves_no_trace(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(training, "auc_or_fallback", lambda labels, scores: 0.5)
-    train, valid = learnable(0)
-    model = model_for_space(SPACE)
-    before = weights(model)
-    r = train_gated(model, train, valid, SPACE, TrainConfig(epochs=2, gate="epoch"))
-    assert (r.accepted_steps, r.total_steps) == (0, 20)
-    assert same(before, weights(model))
+    assert_gate_only_rises(r, valid)
 
 
 def test_unknown_gate_is_refused() -> None:
