@@ -10,11 +10,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.sample import DAY
 from ops.cli.cmd_validate import add_input_options
 from streams.settings import Settings
+
+if TYPE_CHECKING:  # for annotations only: the command imports these lazily, when it runs
+    from ops.replay.publish import DayPlan, Publisher
+    from ops.stack.pipeline import Processes
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +126,8 @@ class Demo:
 
     async def _run(self, topics: Any) -> dict[str, Any]:
         from agents.globalmodel import NoSamples, train_and_publish
-        from ops.replay.publish import Progress, Publisher, plan_days
-        from ops.stack.pipeline import Processes, barrier
+        from ops.replay.publish import Publisher, plan_days
+        from ops.stack.pipeline import Processes
         from streams.kafka import ensure_topics
 
         s = self.settings
@@ -140,16 +144,7 @@ class Demo:
             for i in range(self.args.workers):
                 procs.spawn("worker", str(i))
             async with Publisher(s, topics) as pub:
-                started = time.monotonic()
-                progress = Progress(sum(p.events for p in history), "history → cloud pool")
-                for plan in history:
-                    await pub.up(plan)
-                    await barrier(s, topics, self.args.workers, False, procs)
-                    await pub.day_end("samples", plan.day)
-                    await barrier(s, topics, self.args.workers, False, procs)
-                    progress.advance(plan.events, day_name(plan.day))
-                progress.close()
-                timings["history_s"] = time.monotonic() - started
+                timings["history_s"] = await self._replay(pub, topics, procs, history, live=False)
                 try:
                     model = await train_and_publish(s, history[-1].day, epochs=2, seed=self.args.seed)
                 except NoSamples as exc:
@@ -157,17 +152,7 @@ class Demo:
                 self.say(model_line(model))
                 for i in range(self.args.fleets):
                     procs.spawn("fleet", str(i))
-                started = time.monotonic()
-                progress = Progress(sum(p.events for p in live), "devices live")
-                for plan in live:
-                    await pub.actions(plan)
-                    await barrier(s, topics, self.args.workers, True, procs)
-                    await pub.day_end("samples", plan.day)
-                    await pub.day_end("actions", plan.day)
-                    await barrier(s, topics, self.args.workers, True, procs)
-                    progress.advance(plan.events, day_name(plan.day))
-                progress.close()
-                timings["live_s"] = time.monotonic() - started
+                timings["live_s"] = await self._replay(pub, topics, procs, live, live=True)
             await asyncio.sleep(2.0)  # last stats files
             stats = self._stats()
         finally:
@@ -182,6 +167,24 @@ class Demo:
                 "global_model": {**model, "small_holdout": model["holdout_samples"] < MIN_HOLDOUT},
                 **summary, "stats": stats, "timings_s": {k: round(v, 1) for k, v in timings.items()},
                 "logs": str(s.state_dir / "logs"), "warnings": count_warnings(s.state_dir / "logs")}
+
+    async def _replay(self, pub: Publisher, topics: Any, procs: Processes, days: list[DayPlan], live: bool) -> float:
+        """Publish days in order, each with its day-end ticks, waiting for every consumer; seconds taken."""
+        from ops.replay.publish import Progress
+        from ops.stack.pipeline import barrier
+
+        s, started = self.settings, time.monotonic()
+        progress = Progress(sum(p.events for p in days), "devices live" if live else "history → cloud pool")
+        for plan in days:
+            await (pub.actions(plan) if live else pub.up(plan))
+            await barrier(s, topics, self.args.workers, live, procs)
+            await pub.day_end("samples", plan.day)
+            if live:  # live days are on the devices too, so their topic gets the tick as well
+                await pub.day_end("actions", plan.day)
+            await barrier(s, topics, self.args.workers, live, procs)
+            progress.advance(plan.events, day_name(plan.day))
+        progress.close()
+        return time.monotonic() - started
 
     async def _report(self, topics: Any, stats: dict[str, Any]) -> dict[str, Any]:
         """Read the run back from its topics, write the exports, check the invariants (with progress)."""
