@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -33,17 +35,17 @@ def test_rotation_puts_every_device_in_every_arm_over_five_seeds() -> None:
         assign_arm("nonsense", 0, devices[0])
 
 
-def runtime_for(tmp_path: Path, arm: str, **changes: object) -> Runtime:
-    """A runtime whose arm seed puts DEVICE_ID in `arm`."""
+@asynccontextmanager
+async def arm_device(tmp_path: Path, arm: str, **changes: object) -> AsyncIterator[Device]:
+    """DEVICE_ID's device on a fresh runtime whose arm seed puts it in `arm`; the runtime is closed after."""
     pseudonym = device_pseudonym(Settings().pseudonym_key, DEVICE_ID)
     seed = next(s for s in range(5) if assign_arm("buckets", s, pseudonym) == arm)
     s = Settings(state_dir=tmp_path, arm_mode="buckets", arm_seed=seed, pull_trigger="day_end", **changes)
-    return Runtime(s, fresh_initial(s.features))
-
-
-def device(rt: Runtime) -> Device:
-    dev = Device(rt, device_pseudonym(rt.settings.pseudonym_key, DEVICE_ID), DEVICE_ID)
-    return dev
+    rt = Runtime(s, fresh_initial(s.features))
+    try:
+        yield Device(rt, device_pseudonym(rt.settings.pseudonym_key, DEVICE_ID), DEVICE_ID)
+    finally:
+        await rt.close()
 
 
 async def act(dev: Device, day: int, n: int = 30, seed: int = 0) -> None:
@@ -59,37 +61,27 @@ async def kept_ids(dev: Device) -> list[str]:
 @pytest.mark.parametrize("arm", ["cloud", "local"])
 async def test_cloud_and_local_never_pull(tmp_path: Path, arm: str) -> None:
     """Neither arm asks the cloud for samples; their evaluations use M0 until local trains."""
-    rt = runtime_for(tmp_path, arm)
-    try:
-        dev = device(rt)
+    async with arm_device(tmp_path, arm) as dev:
         await act(dev, 0)
         _, pull = await dev.on_day_end(START // DAY)
         assert pull is None and (await dev.state()).arm == arm
-        assert {r[4] for r in await dev.evaluations()} == {rt.initial.version}
-    finally:
-        await rt.close()
+        assert {r[4] for r in await dev.evaluations()} == {dev.rt.initial.version}
 
 
 async def test_local_trains_at_the_end_of_a_used_day(tmp_path: Path) -> None:
     """Local samples old enough to train (t < age ≤ t') + recent ones to validate → Algorithm 3 at day end."""
-    rt = runtime_for(tmp_path, "local")
-    try:
-        dev = device(rt)
+    async with arm_device(tmp_path, "local") as dev:
         await act(dev, 0, 60)
         await dev.on_day_end(START // DAY)
         assert (await dev.state()).trains == 0  # all samples are validation-age: nothing to train on
         await act(dev, 4, 60, seed=1)
         await dev.on_day_end(START // DAY + 4)
         assert (await dev.state()).trains == 1
-    finally:
-        await rt.close()
 
 
 async def test_coda_pulls_at_day_end_and_follow_ups_stay_in_that_day(tmp_path: Path) -> None:
     """The day-end pull and a follow-up after a short answer are both dated in the quota day."""
-    rt = runtime_for(tmp_path, "coda")
-    try:
-        dev = device(rt)
+    async with arm_device(tmp_path, "coda") as dev:
         await act(dev, 0, 40)
         day = START // DAY
         _, pull = await dev.on_day_end(day)
@@ -97,8 +89,6 @@ async def test_coda_pulls_at_day_end_and_follow_ups_stay_in_that_day(tmp_path: P
         out = await dev.on_batch(batch(dev, f"{pull.request_id}-0", similar_samples(30, 0), pull.request_id, 0))
         follow = out.up[-1]
         assert isinstance(follow, PullRequest) and follow.ts // DAY == day and follow.max_batches == 11
-    finally:
-        await rt.close()
 
 
 async def _filter_as_the_device(dev: Device, matched: list[Sample], sigma: float) -> FilterResult:
@@ -117,9 +107,7 @@ async def test_filters_keep_what_each_arm_promises(tmp_path: Path) -> None:
     kept: dict[str, set[str]] = {}
     picks: dict[str, set[str]] = {}
     for arm in ("coda_nofilter", "coda_random", "coda"):
-        rt = runtime_for(tmp_path / arm, arm, sigma=sigma)
-        try:
-            dev = device(rt)
+        async with arm_device(tmp_path / arm, arm, sigma=sigma) as dev:
             await act(dev, 0, 40)
             await dev.on_batch(batch(dev, "b0", matched))
             kept[arm] = set(await kept_ids(dev))
@@ -132,8 +120,6 @@ async def test_filters_keep_what_each_arm_promises(tmp_path: Path) -> None:
             if arm == "coda_random":
                 drawn = random_like(result, sigma, dev._seed("random", 0))  # noqa: SLF001 - the device's seed
                 assert kept[arm] == {sid[:12] for sid in drawn.keep}
-        finally:
-            await rt.close()
     assert kept["coda_nofilter"] == {x.sample_id[:12] for x in matched}
     assert kept["coda"] == picks["coda"]
     assert len(kept["coda_random"]) == len(picks["coda_random"]) and kept["coda_random"] != picks["coda_random"]
@@ -142,13 +128,9 @@ async def test_filters_keep_what_each_arm_promises(tmp_path: Path) -> None:
 
 async def test_notice_ends_the_day_for_every_pulling_arm(tmp_path: Path) -> None:
     """A quota notice stops pulling for the day in the control arms too."""
-    rt = runtime_for(tmp_path, "coda_random")
-    try:
-        dev = device(rt)
+    async with arm_device(tmp_path, "coda_random") as dev:
         await act(dev, 0, 40)
         _, pull = await dev.on_day_end(START // DAY)
         assert pull is not None
         await dev.on_notice(DownNotice(dev.pseudonym, pull.request_id, START // DAY, "exhausted", 0))
         assert (await dev.state()).stopped
-    finally:
-        await rt.close()

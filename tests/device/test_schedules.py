@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from samplegen import DAY, START, make_events
-from test_arms import act, device, runtime_for
+from test_arms import act, arm_device
 from test_runtime import DEVICE_ID, USER
 
 from core.features import History, event_to_sample
@@ -29,16 +29,12 @@ async def test_every_personalizing_arm_trains_on_every_active_day(tmp_path: Path
     """
     trains = {}
     for arm in ("cloud", "local", "coda", "coda_nofilter", "coda_random"):
-        rt = runtime_for(tmp_path / arm, arm)
-        try:
-            dev = device(rt)
+        async with arm_device(tmp_path / arm, arm) as dev:
             per_day = []
             for n, day in enumerate((0, 4, 5, 6)):
                 await _day(dev, day, seed=n)
                 per_day.append((await dev.state()).trains)
             trains[arm] = per_day
-        finally:
-            await rt.close()
     assert trains["cloud"] == [0, 0, 0, 0]
     assert trains["local"] == [0, 1, 2, 3]
     for arm in ("coda", "coda_nofilter", "coda_random"):
@@ -47,28 +43,22 @@ async def test_every_personalizing_arm_trains_on_every_active_day(tmp_path: Path
 
 async def test_a_device_trains_once_a_day_when_nothing_is_kept(tmp_path: Path) -> None:
     """A second notice on the same day (redelivery, or a second request) does not train again on the same data."""
-    rt = runtime_for(tmp_path, "coda")
-    try:
-        dev = device(rt)
+    async with arm_device(tmp_path, "coda") as dev:
         await _day(dev, 0)
         out = await _day(dev, 4, seed=1)
         assert out is not None and out.trained is not None and not out.trained.skipped
         again = await dev.on_notice(DownNotice(dev.pseudonym, "other", START // DAY + 4, "quota", 0))
         assert again.trained is None and (await dev.state()).trains == 1
-    finally:
-        await rt.close()
 
 
 async def test_past_builds_the_history_and_nothing_else(tmp_path: Path) -> None:
     """DevicePast: the first live sample's sequence is the user's past; no samples, scores or reports."""
-    rt = runtime_for(tmp_path, "coda")
-    try:
-        dev = device(rt)
+    async with arm_device(tmp_path, "coda") as dev:
         past = make_events(USER, 25, 0, seed=7)
         out = await dev.on_past(DevicePast(DEVICE_ID, past))
         assert out.rejected is None and not out.up and out.samples == 0
         assert await dev.evaluations() == []
-        space = rt.space
+        space = dev.rt.space
         history = History()
         for raw in sorted(past, key=lambda e: (e.ts, e.item_id, e.action)):
             _, history = event_to_sample(USER, _fields(raw), history, space)
@@ -78,8 +68,6 @@ async def test_past_builds_the_history_and_nothing_else(tmp_path: Path) -> None:
         assert len(await dev.evaluations()) > 0
         wrong = await dev.on_past(DevicePast("dev-mallory", past))
         assert wrong.rejected is not None and wrong.rejected.reason == "wrong_device"
-    finally:
-        await rt.close()
 
 
 def _fields(e):  # type: ignore[no-untyped-def]
