@@ -41,39 +41,28 @@ HANDSHAKE_TIMEOUT_S = 10.0
 VALID_DAYS = 825
 
 
+class _InDirectory:
+    """One file of a TlsFiles' directory, named once: `files.ca` is `files.directory / "ca.pem"`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, files: TlsFiles, owner: type[TlsFiles]) -> Path:
+        return files.directory / self.name
+
+
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
     """Where the stack's CA, the terminator's and the clients' certificates live."""
 
     directory: Path
-
-    @property
-    def ca(self) -> Path:
-        return self.directory / "ca.pem"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.directory / "ca.key"
-
-    @property
-    def server(self) -> Path:
-        return self.directory / "server.pem"
-
-    @property
-    def server_key(self) -> Path:
-        return self.directory / "server.key"
-
-    @property
-    def client(self) -> Path:
-        return self.directory / "client.pem"
-
-    @property
-    def client_key(self) -> Path:
-        return self.directory / "client.key"
-
-    @property
-    def env_file(self) -> Path:
-        return self.directory / "client.env"
+    ca = _InDirectory("ca.pem")
+    ca_key = _InDirectory("ca.key")
+    server = _InDirectory("server.pem")
+    server_key = _InDirectory("server.key")
+    client = _InDirectory("client.pem")
+    client_key = _InDirectory("client.key")
+    env_file = _InDirectory("client.env")
 
     def exists(self) -> bool:
         return all(p.exists() for p in (self.ca, self.ca_key, self.server, self.server_key, self.client,
