@@ -31,6 +31,9 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     # on the drift generator's own change days, a coincidence no real log offers)
     *((f"clicks+outcome+epoch5+sigma=0.02+period{n}", {**_EPOCHS, "sigma": 0.02, "match_period_days": n})
       for n in (3, 4, 7)),
+    # fewer of the matched samples spent as the classifier's negatives (never kept, as in the paper)
+    *((f"clicks+outcome+epoch5+sigma=0.02+share={share}", {**_EPOCHS, "sigma": 0.02, "classifier_share": share})
+      for share in (0.2, 0.1)),
     ("clicks+outcome+epoch3+sigma=0.05", {**_EPOCHS, "train_epochs": 3, "sigma": 0.05}),
     ("clicks+outcome+epoch5+batch64", {**_EPOCHS, "train_batch": 64, "device_learning_rate": 0.015}),
     ("clicks+outcome+epoch5+t1", {**_EPOCHS, "lifecycle_t_days": 1}),
