@@ -34,6 +34,10 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     # fewer of the matched samples spent as the classifier's negatives (never kept, as in the paper)
     *((f"clicks+outcome+epoch5+sigma=0.02+share={share}", {**_EPOCHS, "sigma": 0.02, "classifier_share": share})
       for share in (0.2, 0.1)),
+    # which parameters personalize, on the tuned recipe: the embeddings and attention stay M0's
+    # (mlp), or all but the output layer (head): fewer parameters to pull towards matched samples
+    *((f"clicks+outcome+epoch5+sigma=0.02+personalize={part}", {**_EPOCHS, "sigma": 0.02, "personalize": part})
+      for part in ("mlp", "head")),
     ("clicks+outcome+epoch3+sigma=0.05", {**_EPOCHS, "train_epochs": 3, "sigma": 0.05}),
     ("clicks+outcome+epoch5+batch64", {**_EPOCHS, "train_batch": 64, "device_learning_rate": 0.015}),
     ("clicks+outcome+epoch5+t1", {**_EPOCHS, "lifecycle_t_days": 1}),
