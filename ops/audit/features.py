@@ -1,4 +1,4 @@
-"""A run's sample user features as one matrix, built once, that the checks take per-user blocks of."""
+"""A run's sample user features as one matrix, built once for the exports and the checks."""
 
 from __future__ import annotations
 
@@ -57,3 +57,16 @@ def feature_matrix(samples: Iterable[Sample], space: FeatureSpace) -> FeatureMat
                          np.array([s.ts for s in ordered], dtype=np.int64), values,
                          np.flatnonzero(values.any(axis=0)))
 
+
+def rounded_rows(matrix: FeatureMatrix, digits: int = 8) -> Iterator[list[float]]:
+    """Each row as a list with its non-zero entries passed through `round` (a zero rounds to itself)."""
+    at, cols = np.nonzero(matrix.values)
+    rounded = [round(v, digits) for v in matrix.values[at, cols].tolist()]
+    ends = np.searchsorted(at, np.arange(1, len(matrix.samples) + 1)).tolist()
+    cols_list, start = cols.tolist(), 0
+    for end in ends:
+        row = [0.0] * matrix.values.shape[1]
+        for c, v in zip(cols_list[start:end], rounded[start:end], strict=True):
+            row[c] = v
+        yield row
+        start = end
