@@ -3,69 +3,80 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from core.features import FeatureSpace, user_feature
+from core.features import FeatureSpace
 from core.sample import DAY
-from core.vectors import mean_vector
 from ops.audit.exports import RunRecords
+from ops.audit.features import FeatureMatrix, feature_matrix
 
 
-def vector_parity(run: RunRecords, space: FeatureSpace) -> dict[str, Any]:
-    """Every published user vector equals the batch mean of its samples' features."""
-    by_user: dict[str, list[list[float]]] = defaultdict(list)
-    for s in run.samples.values():
-        by_user[s.user].append(user_feature(s, space))
+def vector_parity(run: RunRecords, space: FeatureSpace,
+                  matrix: FeatureMatrix | None = None) -> dict[str, Any]:
+    """Every published user vector equals the batch mean of its samples' features.
+
+    `matrix`: the samples' feature matrix, when the caller has it (else built here).
+    """
+    matrix = matrix or feature_matrix(run.samples.values(), space)
+    blocks = {user: rows for user, rows, _ in matrix.blocks()}
     worst, mismatched = 0.0, []
     for user, vector in run.vectors.items():
-        expected = mean_vector(by_user.get(user, []))
-        err = float(np.max(np.abs(np.array(expected) - np.array(vector.vector)))) if expected else 1.0
-        count_ok = vector.count == len(by_user.get(user, []))
+        rows = blocks.get(user)
+        err = float(np.max(np.abs(matrix.mean(rows) - np.array(vector.vector)))) if rows is not None else 1.0
+        count_ok = vector.count == (len(rows) if rows is not None else 0)
         worst = max(worst, err)
         if err > 1e-5 or not count_ok:
             mismatched.append(user)
     return {"users": len(run.vectors), "max_abs_error": worst, "mismatched": mismatched[:10],
-            "ok": not mismatched and len(run.vectors) == len(by_user)}
+            "ok": not mismatched and len(run.vectors) == len(blocks)}
 
 
-def exact_neighbours(run: RunRecords, space: FeatureSpace, asof_day: int, window_days: int,
-                     k: int) -> dict[str, list[str]]:
-    """Brute-force cosine KNN over the vectors as they stood at the end of `asof_day`."""
-    by_user: dict[str, list[list[float]]] = defaultdict(list)
-    last_ts: dict[str, int] = {}
-    for s in run.samples.values():
-        if s.ts // DAY <= asof_day:
-            by_user[s.user].append(user_feature(s, space))
-            last_ts[s.user] = max(last_ts.get(s.user, 0), s.ts)
-    users = sorted(by_user)
-    matrix = np.array([mean_vector(by_user[u]) for u in users], dtype=np.float64)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    unit = matrix / np.where(norms == 0, 1, norms)
-    return {"users": users, "unit": unit, "last_ts": last_ts}  # type: ignore[return-value]
+@dataclass(frozen=True)
+class Reference:
+    """The users' unit vectors as they stood at the end of a day, and each one's newest sample time."""
+
+    users: list[str]  # sorted, one per row of `unit` and `last_ts`
+    rows: dict[str, int]
+    unit: np.ndarray
+    last_ts: np.ndarray
+
+
+def exact_neighbours(matrix: FeatureMatrix, asof_day: int) -> Reference:
+    """Brute-force cosine KNN's input: the vectors as they stood at the end of `asof_day`."""
+    blocks = list(matrix.blocks(asof_day))
+    width = matrix.values.shape[1]
+    means = np.array([matrix.mean(rows) for _, rows, _ in blocks]).reshape(len(blocks), width)
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    users = [user for user, _, _ in blocks]
+    return Reference(users, {user: i for i, user in enumerate(users)}, means / np.where(norms == 0, 1, norms),
+                     np.array([last for _, _, last in blocks], dtype=np.int64))
 
 
 def knn_recall(run: RunRecords, space: FeatureSpace, window_days: int, k: int,
-               min_recall: float = 0.9) -> dict[str, Any]:
+               min_recall: float = 0.9, matrix: FeatureMatrix | None = None) -> dict[str, Any]:
     """Recall@K of each published match against exact brute force; none, or a low mean, fails."""
-    cache: dict[int, dict[str, Any]] = {}
+    matrix = matrix or feature_matrix(run.samples.values(), space)
+    cache: dict[int, Reference] = {}
     recalls = []
     for m in run.matches:
-        ref = cache.setdefault(m.asof_day, exact_neighbours(run, space, m.asof_day, window_days, k))
-        users = ref["users"]
-        if m.user not in users:
+        if m.asof_day not in cache:  # one reference per day, built only when a match first needs it
+            cache[m.asof_day] = exact_neighbours(matrix, m.asof_day)
+        ref = cache[m.asof_day]
+        row = ref.rows.get(m.user)
+        if row is None:
             continue
-        since = (m.day - window_days + 1) * DAY
-        eligible = np.array([u != m.user and ref["last_ts"][u] >= since for u in users])
-        scores = ref["unit"] @ ref["unit"][users.index(m.user)]
-        scores = np.where(eligible, scores, -np.inf)
+        eligible = ref.last_ts >= (m.day - window_days + 1) * DAY
+        eligible[row] = False
+        scores = np.where(eligible, ref.unit @ ref.unit[row], -np.inf)
         order = np.argsort(-scores, kind="stable")[: min(k, int(eligible.sum()))]
-        truth = {users[i] for i in order}
+        truth = {ref.users[i] for i in order}
         if truth:
             # ties at the K-th score make several exact answers valid: count any tied user as a hit
             kth = scores[order[-1]]
-            tied = {users[i] for i in np.flatnonzero(np.isclose(scores, kth, atol=1e-9))}
+            tied = {ref.users[i] for i in np.flatnonzero(np.isclose(scores, kth, atol=1e-9))}
             hits = sum(1 for n in m.neighbours if n in truth or n in tied)
             recalls.append(min(1.0, hits / len(truth)))
     mean = float(np.mean(recalls)) if recalls else 0.0

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.features import FeatureSpace, user_feature
+from core.features import FeatureSpace
 from core.sample import Sample
+from ops.audit.features import FeatureMatrix, feature_matrix, rounded_rows
 from streams.schemas import (
     BatchRecord,
     DeadLetter,
@@ -61,17 +62,21 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
-def write_exports(run: RunRecords, out: Path, space: FeatureSpace) -> dict[str, int]:
-    """DIR/vectors.jsonl, samples.jsonl, matches.jsonl, batches.jsonl; returns row counts."""
+def write_exports(run: RunRecords, out: Path, space: FeatureSpace,
+                  matrix: FeatureMatrix | None = None) -> dict[str, int]:
+    """DIR/vectors.jsonl, samples.jsonl, matches.jsonl, batches.jsonl; returns row counts.
+
+    `matrix`: the samples' feature matrix when the caller has built it already (the checks read it too).
+    """
     out.mkdir(parents=True, exist_ok=True)
+    matrix = matrix or feature_matrix(run.samples.values(), space)
     return {
         "vectors": write_jsonl(out / "vectors.jsonl", (
             {"user": v.user, "vector": [round(x, 8) for x in v.vector], "count": v.count}
             for v in sorted(run.vectors.values(), key=lambda v: v.user))),
         "samples": write_jsonl(out / "samples.jsonl", (
-            {"sample_id": s.sample_id, "user": s.user, "ts": s.ts,
-             "feature": [round(x, 8) for x in user_feature(s, space)]}
-            for s in sorted(run.samples.values(), key=lambda s: (s.user, s.ts, s.sample_id)))),
+            {"sample_id": s.sample_id, "user": s.user, "ts": s.ts, "feature": feature}
+            for s, feature in zip(matrix.samples, rounded_rows(matrix), strict=True))),  # (user, ts, id)
         "matches": write_jsonl(out / "matches.jsonl", (
             {"user": m.user, "day": m.day, "neighbours": m.neighbours, "scores": m.scores, "asof_day": m.asof_day}
             for m in run.matches)),

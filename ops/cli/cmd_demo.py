@@ -190,22 +190,26 @@ class Demo:
         """Read the run back from its topics, write the exports, check the invariants (with progress)."""
         from ops.audit.checks import batch_rules, knn_recall, vector_norms, vector_parity
         from ops.audit.exports import collect, write_exports
+        from ops.audit.features import feature_matrix
         from ops.replay.publish import Progress
         from streams import deadletterview as deadletters
 
         s = self.settings
-        progress = Progress(7, "exports and checks")
+        progress = Progress(8, "exports and checks")
         run = await collect(s, topics)
         progress.advance(1, "read back")
-        counts = write_exports(run, self.args.out, s.features)
+        matrix = feature_matrix(run.samples.values(), s.features)  # once: the exports and two checks read it
+        progress.advance(1, "sample features")
+        counts = write_exports(run, self.args.out, s.features, matrix)
         counts["dead_letters"] = self._write_dead_letters(run.dead)
         progress.advance(1, "exports written")
         fleets = totals(stats, "fleet-")
         checks: dict[str, Any] = {}
         for name, check in (
-            ("vector_parity", lambda: vector_parity(run, s.features)),
+            ("vector_parity", lambda: vector_parity(run, s.features, matrix)),
             ("vector_norms", lambda: vector_norms(run)),
-            ("knn_recall", lambda: knn_recall(run, s.features, s.match_window_days, s.k_neighbours)),
+            ("knn_recall", lambda: knn_recall(run, s.features, s.match_window_days, s.k_neighbours,
+                                              matrix=matrix)),
             ("batches", lambda: batch_rules(run, s.batch_size, s.batch_max, s.batches_per_day,
                                             fleets.get("up_PullRequest", 0))),
             ("reconcile", lambda: reconcile(stats)),
