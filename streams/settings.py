@@ -44,6 +44,32 @@ def field(default: Any = None, metadata: dict[str, str] | None = None, default_f
     return Field(default=default, json_schema_extra=metadata)  # type: ignore[arg-type]
 
 
+# the settings' sections, in declaration order: every field belongs to exactly one
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "broker": (
+        "state_dir", "bootstrap", "broker_port", "security_protocol", "sasl_mechanism", "sasl_username",
+        "sasl_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "topic_prefix", "topics_file", "app_id",
+        "pseudonym_key", "allow_dev_key", "log_level", "metrics_host", "worker_metrics_port",
+        "fleet_metrics_port", "max_envelope_bytes", "max_events_per_envelope", "rebalance_timeout_s",
+        "session_timeout_s", "heartbeat_interval_s", "fetch_max_wait_ms", "take_max", "agent_batch",
+    ),
+    "matching": (
+        "index_url", "item_buckets", "tag_buckets", "profile_buckets", "seq_len", "match_feature",
+        "match_period_days", "k_neighbours", "batch_size", "batch_max", "batches_per_day",
+        "match_window_days",
+    ),
+    "device": (
+        "classifier_input", "classifier_share", "sigma", "max_local_samples", "max_outside_samples",
+        "train_trigger", "lifecycle_t_days", "lifecycle_t2_days", "emb_dim", "learning_rate", "train_batch",
+        "device_learning_rate", "train_epochs", "gate", "personalize", "one_class_gate", "pull_trigger",
+        "open_databases", "fleet_concurrency", "torch_threads", "torch_on_loop",
+    ),
+    "experiment": (
+        "arm_mode", "arm_seed",
+    ),
+}
+
+
 class SettingsError(ValueError):
     """Settings that make no sense; the message names each variable and what it accepts."""
 
@@ -57,7 +83,7 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=False)
 
-    # --- where things run ---------------------------------------------------------------
+    # --- broker: where things run, the connection, topics, processes, wire limits and Faust timeouts ---
     state_dir: Path = field(default=Path(".coda"), metadata=_env("state_dir"))
     bootstrap: str = field(default="", metadata=_env("bootstrap"))  # empty: embedded Tansu
     broker_port: Port = field(default=0, metadata=_env("broker_port"))  # 0: a free port
@@ -70,7 +96,6 @@ class Settings(BaseModel):
     ssl_keyfile: str = field(default="", metadata=_env("ssl_keyfile"))
     topic_prefix: str = field(default="coda", metadata=_env("topic_prefix"))
     topics_file: Path = field(default=Path(""), metadata=_env("topics_file"))  # empty: bundled
-    index_url: str = field(default="edge://", metadata=_env("index_url"))
     app_id: str = field(default="coda", metadata=_env("app_id"))
     pseudonym_key: str = field(default=DEV_PSEUDONYM_KEY, metadata=_env("pseudonym_key"))
     # the development key above is refused against an external cluster unless this is true
@@ -81,10 +106,19 @@ class Settings(BaseModel):
     metrics_host: str = field(default="127.0.0.1", metadata=_env("metrics_host"))
     worker_metrics_port: Port = field(default=0, metadata=_env("worker_metrics_port"))
     fleet_metrics_port: Port = field(default=0, metadata=_env("fleet_metrics_port"))
-    # --- wire limits ----------------------------------------------------------------------
     max_envelope_bytes: Count = field(default=1_000_000, metadata=_env("max_envelope_bytes"))
     max_events_per_envelope: Count = field(default=5_000, metadata=_env("max_events_per_envelope"))
-    # --- features -------------------------------------------------------------------------
+    rebalance_timeout_s: Seconds = field(default=6.0, metadata=_env("rebalance_timeout_s"))
+    session_timeout_s: Seconds = field(default=6.0, metadata=_env("session_timeout_s"))
+    heartbeat_interval_s: Seconds = field(default=1.0, metadata=_env("heartbeat_interval_s"))
+    # Faust hard-codes a 1.5 s fetch wait; every agent hop of a pull paid it on Tansu
+    fetch_max_wait_ms: NonNegative = field(default=20, metadata=_env("fetch_max_wait_ms"))
+    take_max: Count = field(default=500, metadata=_env("take_max"))  # records per fleet poll
+    # the ingest and user-vector agents fold each event with those already waiting behind
+    # it, up to agent_batch at once; 1: one at a time (see CloudContext.batches)
+    agent_batch: Count = field(default=500, metadata=_env("agent_batch"))
+    # --- matching (paper section 4.2): features, the user vector, the index and the batches -----------
+    index_url: str = field(default="edge://", metadata=_env("index_url"))
     item_buckets: Count = field(default=4096, metadata=_env("item_buckets"))
     tag_buckets: Count = field(default=256, metadata=_env("tag_buckets"))
     profile_buckets: Count = field(default=256, metadata=_env("profile_buckets"))
@@ -95,16 +129,15 @@ class Settings(BaseModel):
     # 0 (the paper): the user vector is one lifetime mean; N: that mean kept per N-day calendar
     # period (hashed into the same buckets), so users match on what they did in the same periods
     match_period_days: NonNegative = field(default=0, metadata=_env("match_period_days"))
-    # Algorithm 2's classifier input: "sequence" (the paper) or "outcome" (plus the sample's
-    # clicked-or-passed target tags)
-    classifier_input: Literal["sequence", "outcome"] = field(default="sequence", metadata=_env("classifier_input"))
-    # --- cloud matching (paper section 4.2) -----------------------------------------------
     k_neighbours: Count = field(default=100, metadata=_env("k_neighbours"))
     batch_size: Count = field(default=25, metadata=_env("batch_size"))
     batch_max: Count = field(default=40, metadata=_env("batch_max"))
     batches_per_day: Count = field(default=12, metadata=_env("batches_per_day"))
     match_window_days: Count = field(default=7, metadata=_env("match_window_days"))
-    # --- device (paper sections 3.3, 3.4, 4.4) ----------------------------------------------
+    # --- device (paper sections 3.3, 3.4, 4.4): the filter, Algorithm 3, the models and the fleet -----
+    # Algorithm 2's classifier input: "sequence" (the paper) or "outcome" (plus the sample's
+    # clicked-or-passed target tags)
+    classifier_input: Literal["sequence", "outcome"] = field(default="sequence", metadata=_env("classifier_input"))
     classifier_share: Share = field(default=1 / 3, metadata=_env("classifier_share"))
     sigma: Probability = field(default=0.2, metadata=_env("sigma"))
     max_local_samples: Count = field(default=200, metadata=_env("max_local_samples"))
@@ -121,18 +154,14 @@ class Settings(BaseModel):
     device_learning_rate: Rate = field(default=0.01, metadata=_env("device_learning_rate"))
     train_epochs: Count = field(default=1, metadata=_env("train_epochs"))
     gate: Literal["step", "epoch"] = field(default="step", metadata=_env("gate"))
-    # "events": a device pulls as soon as it reported new events (live); "day_end": it pulls on
-    # the end-of-day tick, after the cloud has indexed the whole day (exact, repeatable replays)
-    pull_trigger: Literal["events", "day_end"] = field(default="events", metadata=_env("pull_trigger"))
-    # "coda": every device runs CoDA (the product); "buckets": an experiment, each device gets one
-    # arm (cloud | local | coda | coda_nofilter | coda_random) from a hash of (arm_seed, pseudonym)
-    arm_mode: Literal["coda", "buckets"] = field(default="coda", metadata=_env("arm_mode"))
-    arm_seed: NonNegative = field(default=0, metadata=_env("arm_seed"))
     # which CTR-model parameters Algorithm 3 personalizes: "all" (the paper) | "mlp" | "head"
     personalize: Literal["all", "mlp", "head"] = field(default="all", metadata=_env("personalize"))
     # Algorithm 3's gate when the local validation samples hold one class (AUC undefined):
     # "fit" accepts steps that fit those labels better (exp(−logloss)); "skip" trains not at all
     one_class_gate: Literal["fit", "skip"] = field(default="fit", metadata=_env("one_class_gate"))
+    # "events": a device pulls as soon as it reported new events (live); "day_end": it pulls on
+    # the end-of-day tick, after the cloud has indexed the whole day (exact, repeatable replays)
+    pull_trigger: Literal["events", "day_end"] = field(default="events", metadata=_env("pull_trigger"))
     open_databases: Count = field(default=64, metadata=_env("open_databases"))
     # devices a fleet process handles at once: enough to overlap one device's disk waits with
     # another's torch job; more only makes their SQLite threads queue for the GIL (1,000-device
@@ -143,16 +172,11 @@ class Settings(BaseModel):
     # thread ran them): handing each job to a thread cost ~40 % more CPU a device, the small
     # ops trading the GIL with the loop and SQLite threads; a job holds the loop ~10–30 ms
     torch_on_loop: bool = field(default=True, metadata=_env("torch_on_loop"))
-    # --- Faust / broker timeouts (Tansu joins are slow with Faust's defaults) ---------------
-    rebalance_timeout_s: Seconds = field(default=6.0, metadata=_env("rebalance_timeout_s"))
-    session_timeout_s: Seconds = field(default=6.0, metadata=_env("session_timeout_s"))
-    heartbeat_interval_s: Seconds = field(default=1.0, metadata=_env("heartbeat_interval_s"))
-    # Faust hard-codes a 1.5 s fetch wait; every agent hop of a pull paid it on Tansu
-    fetch_max_wait_ms: NonNegative = field(default=20, metadata=_env("fetch_max_wait_ms"))
-    take_max: Count = field(default=500, metadata=_env("take_max"))  # records per fleet poll
-    # the ingest and user-vector agents fold each event with those already waiting behind
-    # it, up to agent_batch at once; 1: one at a time (see CloudContext.batches)
-    agent_batch: Count = field(default=500, metadata=_env("agent_batch"))
+    # --- experiment: which arm a device runs ----------------------------------------------------------
+    # "coda": every device runs CoDA (the product); "buckets": an experiment, each device gets one
+    # arm (cloud | local | coda | coda_nofilter | coda_random) from a hash of (arm_seed, pseudonym)
+    arm_mode: Literal["coda", "buckets"] = field(default="coda", metadata=_env("arm_mode"))
+    arm_seed: NonNegative = field(default=0, metadata=_env("arm_seed"))
 
     @model_validator(mode="before")
     @classmethod
@@ -209,10 +233,30 @@ class Settings(BaseModel):
         """Environment variables that reproduce these settings in a child process."""
         return {env: str(getattr(self, name)) for name, env in self.env_names().items()}
 
-    def table(self) -> list[tuple[str, str, str]]:
-        """(env variable, default, field) rows for docs and `coda config`."""
-        defaults = Settings()
-        return [(env, str(getattr(defaults, name)), name) for name, env in self.env_names().items()]
+    def section(self, name: str) -> dict[str, Any]:
+        """The values of one section (broker, matching, device, experiment), by field name."""
+        if name not in SECTIONS:
+            raise KeyError(f"settings section {name!r}: expected one of {', '.join(SECTIONS)}")
+        return {field_: getattr(self, field_) for field_ in SECTIONS[name]}
+
+    def table(self) -> list[tuple[str, str, str, str]]:
+        """(section, env variable, default, field) rows for docs and `coda config`, section by section."""
+        defaults, envs = Settings(), self.env_names()
+        return [(section, envs[name], str(getattr(defaults, name)), name)
+                for section, names in SECTIONS.items() for name in names]
+
+
+def _check_sections() -> None:
+    """Every field in exactly one section, in declaration order: a new setting must say where it goes."""
+    declared = tuple(Settings.model_fields)
+    listed = tuple(name for names in SECTIONS.values() for name in names)
+    if declared != listed:
+        missing, extra = set(declared) - set(listed), set(listed) - set(declared)
+        raise RuntimeError(f"streams/settings.py SECTIONS disagrees with the fields: not in a section {sorted(missing)}, "
+                           f"not a field {sorted(extra)}, or out of declaration order")
+
+
+_check_sections()
 
 
 def _explain(exc: ValidationError, values: Mapping[str, Any]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from streams.settings import Settings
+from streams.settings import SECTIONS, Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,12 +13,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.markdown:
-        print("| environment variable | default | setting |\n|---|---|---|")
-        for env, default, name in settings.table():
-            print(f"| `{env}` | `{default}` | {name} |")
+        print("| section | environment variable | default | setting |\n|---|---|---|---|")
+        for section, env, default, name in settings.table():
+            print(f"| {section} | `{env}` | `{default}` | {name} |")
         return 0
     secret = {"sasl_password", "pseudonym_key"}
-    for name, env in settings.env_names().items():
-        value = "***" if name in secret else getattr(settings, name)
-        print(f"{env:32} {value}")
+    envs = settings.env_names()
+    for section in SECTIONS:
+        print(f"# {section}")
+        for name, value in settings.section(section).items():
+            print(f"{envs[name]:32} {'***' if name in secret else value}")
     return 0

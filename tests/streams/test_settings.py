@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.settings import Settings, SettingsError
+from streams.settings import SECTIONS, Settings, SettingsError
 
 
 @pytest.mark.parametrize("env, says", [
@@ -64,6 +64,16 @@ def test_the_cli_refuses_bad_settings_with_one_line() -> None:
 def test_readme_configuration_table_is_the_settings() -> None:
     """The README lists every environment variable with its default, as `coda config --markdown` prints it."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    rows = [f"| `{env}` | `{default}` | {name} |" for env, default, name in Settings().table()]
+    rows = [f"| {section} | `{env}` | `{default}` | {name} |" for section, env, default, name in Settings().table()]
     missing = [row for row in rows if row not in readme.splitlines()]
     assert not missing, f"README configuration table is stale; run `coda config --markdown`: {missing}"
+
+
+def test_sections_hold_every_setting_once() -> None:
+    """broker, matching, device, experiment: each field in one section; an unknown section is refused."""
+    settings = Settings()
+    merged = {k: v for section in SECTIONS for k, v in settings.section(section).items()}
+    assert list(merged) == list(Settings.model_fields)
+    assert settings.section("matching")["k_neighbours"] == 100
+    with pytest.raises(KeyError, match="expected one of broker, matching, device, experiment"):
+        settings.section("paper")
