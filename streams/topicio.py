@@ -78,17 +78,22 @@ class LagProbe:
 
     async def lag(self) -> int:
         """Total lag of each group over the topics it subscribes (no commit yet counts from 0)."""
+        return (await self.status())[0]
+
+    async def status(self) -> tuple[int, int]:
+        """(total lag, the sum of every group's committed offsets): the second grows while anyone works."""
         # a fresh reader per poll: a long-lived one served stale batches after seeks
         ends = await end_offsets(self.settings, self.topics)
         missing = set(self.topics) - {tp.topic for tp in ends}
         if missing:  # a false "no partitions" would read as zero lag
             raise RuntimeError(f"no partitions found for {sorted(missing)}")
-        total = 0
+        total = done = 0
         for group, names in self.subscriptions.items():
             mine = {tp for tp in ends if tp.topic in names}
             found = await self.committed(group, mine)
             total += sum(max(0, ends[tp] - max(found[tp], 0)) for tp in mine)
-        return total
+            done += sum(max(found[tp], 0) for tp in mine)
+        return total, done
 
     async def committed(self, group: str, parts: set[TopicPartition]) -> dict[TopicPartition, int]:
         """`group`'s committed offset of each of `parts` (-1: none), through this probe's consumer."""
@@ -96,15 +101,22 @@ class LagProbe:
 
 async def wait_quiet(settings: Settings, subscriptions: Mapping[str, Sequence[str]], timeout_s: float = 600,
                      poll_s: float = 0.2, stable_polls: int = 2) -> float:
-    """Block until every group has zero lag for `stable_polls` polls in a row; returns seconds waited."""
+    """Block until every group has zero lag for `stable_polls` polls in a row; returns seconds waited.
+
+    Raises when no group commits anything for `timeout_s` while some lag remains: a hung consumer,
+    not a slow day (a loaded machine stretched one chaos day past a fixed five minutes).
+    """
     loop = asyncio.get_running_loop()
-    start = loop.time()
-    quiet = 0
+    start = since = loop.time()
+    quiet, last_done = 0, -1
     async with LagProbe(settings, subscriptions) as probe:
         while quiet < stable_polls:
-            if loop.time() - start > timeout_s:
-                raise TimeoutError(f"namespace not quiet after {timeout_s:.0f}s (groups {sorted(subscriptions)})")
-            current = await probe.lag()
+            current, done = await probe.status()
+            if done != last_done:
+                last_done, since = done, loop.time()
+            elif current and loop.time() - since > timeout_s:
+                raise TimeoutError(f"namespace not quiet: lag {current} and no commit for {timeout_s:.0f} s "
+                                   f"(groups {sorted(subscriptions)})")
             log.debug('lag %s', current)
             quiet = quiet + 1 if current == 0 else 0
             await asyncio.sleep(poll_s)
