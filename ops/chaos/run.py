@@ -12,7 +12,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
+
+from aiokafka import TopicPartition
 
 from core.privacy import device_pseudonym
 from ops.audit.exports import RunRecords
@@ -22,7 +24,8 @@ from ops.chaos.noise import NOISE_KINDS, duplicates, ghost_pulls
 from ops.chaos.oracle import distinct_letters
 from ops.replay.publish import DAY, DayPlan
 from ops.stack.pipeline import WORKER_TOPICS, Processes, barrier
-from streams.kafka import committed_offsets, end_offsets, ensure_topics, producer
+from streams.internals import refresh_metadata
+from streams.kafka import committed_offsets, consumer, end_offsets, ensure_topics, producer
 from streams.schemas import (
     DayEnd,
     PullRequest,
@@ -189,26 +192,21 @@ class ChaosRun:
         kill = next((k for k in self.kills if k.day == day and k.stage == stage
                      and not any(d["day"] == day and d["stage"] == stage for d in self.ledger.kills)), None)
         victim = self._worker(kill.worker) if kill else None
-        if victim is not None:
-            output = self.topics.name(_KILL_OUTPUT[stage])
-            before = sum((await end_offsets(self.settings, [output])).values())
+        if kill is None or victim is None:
+            await _send_all(prod, topic, items)
+            return
+        async with OutputWatch(self.settings, self.topics.name(_KILL_OUTPUT[stage])) as watch:
             os.kill(victim.pid, signal.SIGSTOP)  # let the stage's input pile up, then kill it mid-way
-        try:
-            for item in items:
-                await prod.send(topic, item.raw, key=item.key)
-            await prod.flush()
-        finally:
-            if victim is not None:
+            try:
+                await _send_all(prod, topic, items)
+            finally:
                 os.kill(victim.pid, signal.SIGCONT)
-        if kill is not None and victim is not None:
-            await self._kill_mid_stage(kill, victim, output, before)
+            await self._kill_mid_stage(kill, victim, watch)
 
-    async def _kill_mid_stage(self, kill: Kill, victim: Any, output: str, before: int) -> None:
-        deadline = time.monotonic() + 60
-        while sum((await end_offsets(self.settings, [output])).values()) <= before:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"worker {kill.worker} produced nothing on {output} within 60 s")
-            await asyncio.sleep(0.005)
+    async def _kill_mid_stage(self, kill: Kill, victim: Any, watch: OutputWatch) -> None:
+        before = watch.before
+        if not await watch.grew(timeout_s=60):
+            raise TimeoutError(f"worker {kill.worker} produced nothing on {watch.topic} within 60 s")
         victim.kill()
         victim.wait()
         killed_at = time.monotonic()
@@ -278,3 +276,46 @@ def chaos_plans(users: int, days: int, seed: int) -> list[DayPlan]:
 
     dataset = load_dataset("synthetic", n_users=users, seed=seed, days=days, events_per_user=(5, 12))
     return plan_days(dataset.events)
+
+
+async def _send_all(prod: Any, topic: str, items: Sequence[Injected]) -> None:
+    for item in items:
+        await prod.send(topic, item.raw, key=item.key)
+    await prod.flush()
+
+
+class OutputWatch:
+    """Sees a stage's first output within milliseconds, so the kill lands before its input is committed.
+
+    One long-lived client asks the broker for the reported end offsets (one ListOffsets request a
+    poll): a fresh client a poll took long enough on a loaded machine for the worker to finish and
+    commit the whole input first. Any new batch moves the reported end, on Tansu as on Kafka.
+    """
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.topic, self.before = topic, 0
+        self._client = consumer(settings, enable_auto_commit=False)
+        self._parts: list[TopicPartition] = []
+
+    async def __aenter__(self) -> Self:
+        await self._client.start()
+        await refresh_metadata(self._client)
+        self._parts = [TopicPartition(self.topic, p) for p in sorted(self._client.partitions_for_topic(self.topic) or ())]
+        if not self._parts:
+            raise RuntimeError(f"no partitions found for {self.topic}")
+        self.before = await self._reported()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.stop()
+
+    async def _reported(self) -> int:
+        return sum((await self._client.end_offsets(self._parts)).values())
+
+    async def grew(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while await self._reported() <= self.before:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return True
