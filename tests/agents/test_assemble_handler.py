@@ -9,48 +9,38 @@ from agents.plan import Send, Write, collect
 from agents.state import DictState
 from core.batching import chunk
 from core.sample import Sample
-from streams.schemas import (
-    BatchRecord,
-    DevicePull,
-    DeviceState,
-    DownBatch,
-    DownNotice,
-    MatchRequest,
-    NeighbourSamples,
-    SampleRecord,
-    unpack_samples,
-)
+from streams import schemas as wire
 
 PER_DAY = SETTINGS.batches_per_day  # 12
 
 
-def _pull(request: str = "r1", day: int = DAY0, max_batches: int = 12) -> DevicePull:
-    return DevicePull(request, "dev", "me", day, max_batches)
+def _pull(request: str = "r1", day: int = DAY0, max_batches: int = 12) -> wire.DevicePull:
+    return wire.DevicePull(request, "dev", "me", day, max_batches)
 
 
 def _answer(request: str, part: int, parts: int, owners: dict[str, list[Sample]],
-            ranks: dict[str, int]) -> NeighbourSamples:
+            ranks: dict[str, int]) -> wire.NeighbourSamples:
     """One partition's answer: each owner's samples newest first, as the neighbour side sends them."""
-    records = [SampleRecord.of(x) for samples in owners.values() for x in reversed(samples)]
-    return NeighbourSamples(request, "dev", "me", DAY0, parts, records, part, list(owners),
+    records = [wire.SampleRecord.of(x) for samples in owners.values() for x in reversed(samples)]
+    return wire.NeighbourSamples(request, "dev", "me", DAY0, parts, records, part, list(owners),
                             [ranks[n] for n in owners])
 
 
 def _delivered(sent: list[Send]) -> list[list[str]]:
-    return [[x.sample_id for x in unpack_samples(s.record.payload)]  # type: ignore[attr-defined]
-            for s in to("down", sent) if isinstance(s.record, DownBatch)]
+    return [[x.sample_id for x in wire.unpack_samples(s.record.payload)]  # type: ignore[attr-defined]
+            for s in to("down", sent) if isinstance(s.record, wire.DownBatch)]
 
 
-async def _pending(devices: DictState[DeviceState], request: str = "r1", max_batches: int = 12) -> None:
+async def _pending(devices: DictState[wire.DeviceState], request: str = "r1", max_batches: int = 12) -> None:
     await collect(assemble.on_pull(_pull(request, max_batches=max_batches), 3, devices, SETTINGS))
 
 
 async def test_a_pull_asks_for_a_match_before_it_is_remembered_and_a_redelivered_pull_is_a_no_op() -> None:
-    devices: DictState[DeviceState] = DictState()
+    devices: DictState[wire.DeviceState] = DictState()
     plan = assemble.on_pull(_pull(max_batches=4), 3, devices, SETTINGS)
     assert [type(step) for step in plan.steps] == [Send, Write]
     sent = await collect(plan)
-    assert sent[0].record == MatchRequest("r1", "me", "dev", DAY0, 4 * SETTINGS.batch_size)
+    assert sent[0].record == wire.MatchRequest("r1", "me", "dev", DAY0, 4 * SETTINGS.batch_size)
     assert (sent[0].topic, sent[0].key) == ("match-requests", "me")
     state = devices.get(b"dev")
     assert state is not None and [p.request_id for p in state.pending] == ["r1"] and devices.writes[0][0] == 3
@@ -59,13 +49,13 @@ async def test_a_pull_asks_for_a_match_before_it_is_remembered_and_a_redelivered
 
 
 async def test_a_pull_over_the_days_quota_gets_a_quota_notice_and_the_next_day_starts_afresh() -> None:
-    devices: DictState[DeviceState] = DictState({b"dev": DeviceState("me", DAY0, PER_DAY)})
+    devices: DictState[wire.DeviceState] = DictState({b"dev": wire.DeviceState("me", DAY0, PER_DAY)})
     plan = assemble.on_pull(_pull(), 0, devices, SETTINGS)
     sent = await collect(plan)
-    assert [s.record for s in sent] == [DownNotice("dev", "r1", DAY0, "quota", PER_DAY)]
+    assert [s.record for s in sent] == [wire.DownNotice("dev", "r1", DAY0, "quota", PER_DAY)]
     assert plan.counts["notice_quota"] == 1 and devices.writes == []
     tomorrow = await collect(assemble.on_pull(_pull("r2", DAY0 + 1), 0, devices, SETTINGS))
-    assert tomorrow[0].record == MatchRequest("r2", "me", "dev", DAY0 + 1, PER_DAY * SETTINGS.batch_size)
+    assert tomorrow[0].record == wire.MatchRequest("r2", "me", "dev", DAY0 + 1, PER_DAY * SETTINGS.batch_size)
 
 
 async def test_parts_are_gathered_and_merged_in_knn_rank_order_whatever_order_they_came_in() -> None:
@@ -73,7 +63,7 @@ async def test_parts_are_gathered_and_merged_in_knn_rank_order_whatever_order_th
     ranks = {"a": 0, "b": 1, "c": 2}
     results = []
     for order in ([0, 1], [1, 0]):
-        devices: DictState[DeviceState] = DictState()
+        devices: DictState[wire.DeviceState] = DictState()
         await _pending(devices)
         answers = [_answer("r1", 0, 2, {"b": owners["b"]}, ranks),
                    _answer("r1", 1, 2, {"c": owners["c"], "a": owners["a"]}, ranks)]
@@ -87,7 +77,7 @@ async def test_parts_are_gathered_and_merged_in_knn_rank_order_whatever_order_th
 
 
 async def test_an_answer_for_an_unknown_request_or_a_part_already_in_is_stale() -> None:
-    devices: DictState[DeviceState] = DictState()
+    devices: DictState[wire.DeviceState] = DictState()
     owners = {"a": samples_of("a", 2)}
     assert assemble.on_answer(_answer("r1", 0, 2, owners, {"a": 0}), 0, devices, SETTINGS).counts["stale_answers"]
     await _pending(devices)
@@ -97,10 +87,10 @@ async def test_an_answer_for_an_unknown_request_or_a_part_already_in_is_stale() 
 
 
 async def test_batches_follow_chunking_skip_samples_sent_before_and_are_audited() -> None:
-    devices: DictState[DeviceState] = DictState()
+    devices: DictState[wire.DeviceState] = DictState()
     owner = samples_of("a", 70)
     already = [x.sample_id for x in owner[-5:]]  # the newest five went to this device earlier
-    devices.data[b"dev"] = DeviceState("me", DAY0, 0, already, [x.ts for x in owner[-5:]])
+    devices.data[b"dev"] = wire.DeviceState("me", DAY0, 0, already, [x.ts for x in owner[-5:]])
     await _pending(devices)
     plan = assemble.on_answer(_answer("r1", 0, 1, {"a": owner}, {"a": 0}), 3, devices, SETTINGS)
     sent = await collect(plan)
@@ -111,7 +101,7 @@ async def test_batches_follow_chunking_skip_samples_sent_before_and_are_audited(
     down = [s.record for s in to("down", sent)]
     assert [(d.batch_id, d.of) for d in down] == [("r1-0", 2), ("r1-1", 2)]  # type: ignore[attr-defined]
     audit = [s.record for s in to("batch-log", sent)]
-    assert all(isinstance(a, BatchRecord) and a.user == "me" for a in audit)
+    assert all(isinstance(a, wire.BatchRecord) and a.user == "me" for a in audit)
     assert [s.topic for s in sent] == ["down", "batch-log", "down", "batch-log"]  # no notice: quota left
     state = devices.get(b"dev")
     assert state is not None and state.used == 2 and state.pending == [] and state.done == ["r1"]
@@ -120,20 +110,20 @@ async def test_batches_follow_chunking_skip_samples_sent_before_and_are_audited(
 
 
 async def test_the_twelfth_batch_of_the_day_ends_with_a_quota_notice_and_nothing_new_with_exhausted() -> None:
-    devices: DictState[DeviceState] = DictState({b"dev": DeviceState("me", DAY0, PER_DAY - 2)})
+    devices: DictState[wire.DeviceState] = DictState({b"dev": wire.DeviceState("me", DAY0, PER_DAY - 2)})
     await _pending(devices)
     owner = samples_of("a", 200)
     sent = await collect(assemble.on_answer(_answer("r1", 0, 1, {"a": owner}, {"a": 0}), 0, devices, SETTINGS))
     assert len(_delivered(sent)) == 2 and all(len(b) <= SETTINGS.batch_max for b in _delivered(sent))
-    assert sent[-1].record == DownNotice("dev", "r1", DAY0, "quota", PER_DAY)
+    assert sent[-1].record == wire.DownNotice("dev", "r1", DAY0, "quota", PER_DAY)
     state = devices.get(b"dev")
     assert state is not None and state.used == PER_DAY
 
-    devices = DictState({b"dev": DeviceState("me", DAY0, 0, [x.sample_id for x in owner], [x.ts for x in owner])})
+    devices = DictState({b"dev": wire.DeviceState("me", DAY0, 0, [x.sample_id for x in owner], [x.ts for x in owner])})
     await _pending(devices, "r2")
     plan = assemble.on_answer(_answer("r2", 0, 1, {"a": owner}, {"a": 0}), 0, devices, SETTINGS)
     sent = await collect(plan)
-    assert [s.record for s in sent] == [DownNotice("dev", "r2", DAY0, "exhausted", 0)]
+    assert [s.record for s in sent] == [wire.DownNotice("dev", "r2", DAY0, "exhausted", 0)]
     assert plan.counts["notice_exhausted"] == 1 and plan.counts["batches"] == 0
     state = devices.get(b"dev")
     assert state is not None and state.done == ["r2"]  # answered: a redelivered pull is a no-op
