@@ -247,15 +247,24 @@ def _sweep_lines(sw: Mapping[str, Any]) -> list[str]:
 def tune_lines(tu: Mapping[str, Any]) -> list[str]:
     sp = tu["split"]
     header = ("variant", "ΔGAUC coda−M0", "ΔGAUC local−M0", "ΔGAUC coda_random−M0", "ΔGAUC coda_nofilter−M0",
-              "Δlogloss coda−M0")
+              "Δlogloss coda−M0", "own-group neighbours, validation / test cut")
     rows = [(v["name"], *(_signed(v[f"{arm}_vs_global"].get("gauc"))
                           for arm in ("coda", "local", "coda_random", "coda_nofilter")),
-             _signed(v["coda_vs_global"].get("logloss"))) for v in tu["variants"]]
+             _signed(v["coda_vs_global"].get("logloss")), _precision(v.get("match_precision_on_history")))
+            for v in tu["variants"]]
     return ["## Tuning within the method, on the history only", "",
             f"Variants scored on a validation experiment cut from the history days ({sp['history_days']} pool days, "
             f"{sp['live_days']} validation days, all before the test period; offline engine). Each arm is paired "
-            "with the global model M0 on the same users and events. "
+            "with the global model M0 on the same users and events. Own-group neighbours: the share of "
+            "each user's KNN neighbours from the same hidden group, user vectors from the history days only, "
+            "at the validation cut and at the test cut (synthetic data). "
             f"Chosen (best ΔGAUC coda − M0): **{tu.get('chosen')}**.", "", *_table(header, rows), ""]
+
+
+def _precision(p: Mapping[str, Any] | None) -> str:
+    if not p:
+        return "–"
+    return f"{_num(p.get('validation_cut'))} / {_num(p.get('test_cut'))}"
 
 
 def _offline_agreement(off: Mapping[str, Any]) -> list[str]:

@@ -8,8 +8,8 @@ from typing import Any
 
 from core.arms import ARMS
 from ops.experiment import abtest
-from ops.experiment.offline import run_offline
-from ops.experiment.runner import PAPER_SIGMA, EvalRow, Params, Split
+from ops.experiment.offline import history_pool, run_offline
+from ops.experiment.runner import PAPER_SIGMA, EvalRow, Params, Split, pseudonyms
 from streams.settings import Settings
 
 _CLICKS = {"match_feature": "clicks"}
@@ -96,9 +96,11 @@ def tune(settings: Settings, split: Split, params: Params, say: Callable[[str], 
         for seed in params.seeds:
             s = params.settings_for(settings, "tune", seed).replace(**changes)
             rows += run_offline(inner, s, seed, params.global_seed).rows
+        s = params.settings_for(settings, "tune", 0).replace(**changes)
+        precision = {"validation_cut": history_match_precision(inner, s), "test_cut": history_match_precision(split, s)}
         us = abtest.units(rows, params.top_n)
         by_arm = {arm: [u for u in us if u.arm == arm] for arm in ARMS}
-        cell = {"name": name, "changes": changes,
+        cell = {"name": name, "changes": changes, "match_precision_on_history": precision,
                 "arms": {arm: abtest.point_metrics(by_arm[arm]) for arm in ARMS},
                 **{f"{arm}_vs_global": abtest.paired_lift(by_arm[arm], base, 200) for arm in ARMS if arm != "cloud"}}
         out["variants"].append(cell)
@@ -107,6 +109,25 @@ def tune(settings: Settings, split: Split, params: Params, say: Callable[[str], 
     scored = [(_value(c["coda_vs_global"], "gauc"), c["name"]) for c in out["variants"]]
     out["chosen"] = max(scored)[1] if scored else None
     return out
+
+
+def history_match_precision(split: Split, s: Settings) -> float | None:
+    """Share of the KNN neighbours from the user's own hidden group on the first day after `split`'s history.
+
+    The cloud's user vectors from the history days only (matching as `s` sets it: feature, period,
+    K, window), every user with a vector queried: how well matching could separate tastes before a
+    single live event. None without known groups (real data).
+    """
+    if not split.groups:
+        return None
+    cloud = history_pool(s, split.history)
+    group_of = {p: split.groups[u] for p, u in pseudonyms(s.pseudonym_key, list(split.groups)).items()}
+    same = total = 0
+    for user in sorted(cloud.users):
+        neighbours = cloud.knn(user, split.cut_day)
+        same += sum(group_of.get(n) == group_of.get(user) for n in neighbours)
+        total += len(neighbours)
+    return round(same / total, 4) if total else None
 
 
 def _value(lift: dict[str, Any], metric: str) -> float:
