@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -102,6 +105,18 @@ async def _until(check, timeout_s: float, what: str) -> None:  # type: ignore[no
         await asyncio.sleep(0.3)
 
 
+@contextmanager
+def _held(procs: Processes) -> Iterator[None]:
+    """SIGSTOP every child for the block, SIGCONT after it (also on failure)."""
+    for proc in procs.procs:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for proc in procs.procs:
+            proc.send_signal(signal.SIGCONT)
+
+
 async def test_broker_outage_clients_retry_and_resume_and_replay_restores(tmp_path: Path) -> None:
     """Stop and restart the embedded broker under a running worker and fleet: they survive, reconnect and resume;
     the in-memory broker lost every topic, and replaying the input into a fresh namespace restores the vectors."""
@@ -127,9 +142,13 @@ async def test_broker_outage_clients_retry_and_resume_and_replay_restores(tmp_pa
         await asyncio.to_thread(stack.down, root)  # SIGTERM: every topic, offset and changelog is gone
         await asyncio.sleep(4)
         procs.check()  # worker and fleet ride out the outage
-        broker = await asyncio.to_thread(stack.start_broker, root)  # same port
-        broker.save(stack.stack_file(root))
-        assert await ensure_topics(live, topics)  # recreated: the new broker had none of them
+        # Tansu creates a topic a client's metadata request names, with its own default partition
+        # count (a production cluster runs with auto.create.topics.enable=false): hold the clients
+        # while the new broker starts and the topics are declared, or one may win the race
+        with _held(procs):
+            broker = await asyncio.to_thread(stack.start_broker, root)  # same port
+            broker.save(stack.stack_file(root))
+            assert await ensure_topics(live, topics)  # recreated: the new broker had none of them
 
         async with Publisher(live, topics) as pub:
             await pub.actions(plans[1])  # the devices live on; their reports must reach the cloud again
