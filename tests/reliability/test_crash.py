@@ -125,51 +125,51 @@ async def test_broker_outage_clients_retry_and_resume_and_replay_restores(tmp_pa
     broker.save(stack.stack_file(root))
     procs: Processes | None = None
     try:
-        live = namespace(broker.bootstrap, tmp_path, "live").replace(pull_trigger="day_end")
-        topics = load_topics(prefix=live.topic_prefix)
-        await ensure_topics(live, topics)
-        plans = chaos_plans(users=10, days=2, seed=4)
-        procs = Processes(live)
-        procs.spawn("worker", "0")
-        procs.spawn("fleet", "0")
-        async with Publisher(live, topics) as pub:
-            await pub.up(plans[0])  # the cloud's pool
-            await pub.actions(plans[0])  # and the same day on the devices (they report it again: no-op)
-        await barrier(live, topics, 1, True, procs, timeout_s=120)
-        before = await collect(live, topics)
-        assert compare_vectors(before, expected_state(plans[:1], live).vectors)["ok"]
+        try:
+            live = namespace(broker.bootstrap, tmp_path, "live").replace(pull_trigger="day_end")
+            topics = load_topics(prefix=live.topic_prefix)
+            await ensure_topics(live, topics)
+            plans = chaos_plans(users=10, days=2, seed=4)
+            procs = Processes(live)
+            procs.spawn("worker", "0")
+            procs.spawn("fleet", "0")
+            async with Publisher(live, topics) as pub:
+                await pub.up(plans[0])  # the cloud's pool
+                await pub.actions(plans[0])  # and the same day on the devices (they report it again: no-op)
+            await barrier(live, topics, 1, True, procs, timeout_s=120)
+            before = await collect(live, topics)
+            assert compare_vectors(before, expected_state(plans[:1], live).vectors)["ok"]
 
-        await asyncio.to_thread(stack.down, root)  # SIGTERM: every topic, offset and changelog is gone
-        await asyncio.sleep(4)
-        procs.check()  # worker and fleet ride out the outage
-        # Tansu creates a topic a client's metadata request names, with its own default partition
-        # count (a production cluster runs with auto.create.topics.enable=false): hold the clients
-        # while the new broker starts and the topics are declared, or one may win the race
-        with _held(procs):
-            broker = await asyncio.to_thread(stack.start_broker, root)  # same port
-            broker.save(stack.stack_file(root))
-            assert await ensure_topics(live, topics)  # recreated: the new broker had none of them
+            await asyncio.to_thread(stack.down, root)  # SIGTERM: every topic, offset and changelog is gone
+            await asyncio.sleep(4)
+            procs.check()  # worker and fleet ride out the outage
+            # Tansu creates a topic a client's metadata request names, with its own default partition
+            # count (a production cluster runs with auto.create.topics.enable=false): hold the clients
+            # while the new broker starts and the topics are declared, or one may win the race
+            with _held(procs):
+                broker = await asyncio.to_thread(stack.start_broker, root)  # same port
+                broker.save(stack.stack_file(root))
+                assert await ensure_topics(live, topics)  # recreated: the new broker had none of them
 
-        async with Publisher(live, topics) as pub:
-            await pub.actions(plans[1])  # the devices live on; their reports must reach the cloud again
+            async with Publisher(live, topics) as pub:
+                await pub.actions(plans[1])  # the devices live on; their reports must reach the cloud again
 
-        async def resumed() -> bool:
-            samples = [r for r in await read_records(live, topics.name("samples")) if isinstance(r, SampleBatch)]
-            return any(s.ts // DAY == plans[1].day for b in samples for s in b.to_samples())
+            async def resumed() -> bool:
+                samples = [r for r in await read_records(live, topics.name("samples")) if isinstance(r, SampleBatch)]
+                return any(s.ts // DAY == plans[1].day for b in samples for s in b.to_samples())
 
-        await _until(resumed, 120, "samples of the day after the outage")
-        procs.check()
-        after = await collect(live, topics)
-        lost = [s for s in after.samples.values() if s.ts // DAY == plans[0].day]
-        assert not lost  # what the broker held before the outage is gone from the log
-        logs = {p.name: p.read_text(errors="replace") for p in (live.state_dir / "logs").glob("*.log")}
-        assert "Connect call failed" in logs["worker-0.log"] or "Unable connect" in logs["worker-0.log"]
-        assert "fetch failed" in logs["fleet-0.log"] or "Unable connect" in logs["fleet-0.log"]
-    finally:
-        if procs is not None:
-            procs.stop()
+            await _until(resumed, 120, "samples of the day after the outage")
+            procs.check()
+            after = await collect(live, topics)
+            lost = [s for s in after.samples.values() if s.ts // DAY == plans[0].day]
+            assert not lost  # what the broker held before the outage is gone from the log
+            logs = {p.name: p.read_text(errors="replace") for p in (live.state_dir / "logs").glob("*.log")}
+            assert "Connect call failed" in logs["worker-0.log"] or "Unable connect" in logs["worker-0.log"]
+            assert "fetch failed" in logs["fleet-0.log"] or "Unable connect" in logs["fleet-0.log"]
+        finally:
+            if procs is not None:
+                procs.stop()
 
-    try:
         # replay the input into a fresh namespace on the new broker: the same vectors as before the outage
         fresh = namespace(broker.bootstrap, tmp_path, "replayed")
         fresh_topics = load_topics(prefix=fresh.topic_prefix)
@@ -177,5 +177,5 @@ async def test_broker_outage_clients_retry_and_resume_and_replay_restores(tmp_pa
         replayed = await collect(fresh, fresh_topics)
         assert compare_vectors(replayed, {u: (v.count, v.vector) for u, v in before.vectors.items()})["ok"]
         assert set(replayed.samples) == set(before.samples)
-    finally:
+    finally:  # the broker stops whatever failed above
         await asyncio.to_thread(stack.down, root)
