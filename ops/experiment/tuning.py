@@ -35,7 +35,7 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     *((f"clicks+outcome+epoch5+sigma=0.02+share={share}", {**_EPOCHS, "sigma": 0.02, "classifier_share": share})
       for share in (0.2, 0.1)),
     # which parameters personalize, on the tuned recipe: the embeddings and attention stay M0's
-    # (mlp), or all but the output layer (head): fewer parameters to pull towards matched samples
+    # (mlp), or only the MLP's output layer trains (head): fewer parameters to pull towards matched samples
     *((f"clicks+outcome+epoch5+sigma=0.02+personalize={part}", {**_EPOCHS, "sigma": 0.02, "personalize": part})
       for part in ("mlp", "head")),
     ("clicks+outcome+epoch3+sigma=0.05", {**_EPOCHS, "train_epochs": 3, "sigma": 0.05}),
