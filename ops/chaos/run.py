@@ -204,7 +204,6 @@ class ChaosRun:
             await self._kill_mid_stage(kill, victim, watch)
 
     async def _kill_mid_stage(self, kill: Kill, victim: Any, watch: OutputWatch) -> None:
-        before = watch.before
         if not await watch.grew(timeout_s=60):
             raise TimeoutError(f"worker {kill.worker} produced nothing on {watch.topic} within 60 s")
         victim.kill()
@@ -212,7 +211,7 @@ class ChaosRun:
         killed_at = time.monotonic()
         uncommitted = await self.uncommitted(WORKER_TOPICS)
         self.ledger.kills.append({"day": kill.day, "stage": kill.stage, "worker": kill.worker,
-                                  "output_before": before, "uncommitted_input": uncommitted})
+                                  "output_before": watch.before, "uncommitted_input": uncommitted})
         self.say(f"SIGKILLed worker {kill.worker} during {kill.stage} of day {kill.day}; "
                  f"{uncommitted} input records were not committed")
         assert self._procs is not None

@@ -96,8 +96,9 @@ def tune(settings: Settings, split: Split, params: Params, say: Callable[[str], 
         for seed in params.seeds:
             s = params.settings_for(settings, "tune", seed).replace(**changes)
             rows += run_offline(inner, s, seed, params.global_seed).rows
-        s = params.settings_for(settings, "tune", 0).replace(**changes)
-        precision = {"validation_cut": history_match_precision(inner, s), "test_cut": history_match_precision(split, s)}
+        matching = params.settings_for(settings, "tune", 0).replace(**changes)
+        precision = {"validation_cut": history_match_precision(inner, matching),
+                     "test_cut": history_match_precision(split, matching)}
         us = abtest.units(rows, params.top_n)
         by_arm = {arm: [u for u in us if u.arm == arm] for arm in ARMS}
         cell = {"name": name, "changes": changes, "match_precision_on_history": precision,
@@ -124,9 +125,10 @@ def history_match_precision(split: Split, s: Settings) -> float | None:
     group_of = {p: split.groups[u] for p, u in pseudonyms(s.pseudonym_key, list(split.groups)).items()}
     same = total = 0
     for user in sorted(cloud.users):
-        neighbours = cloud.knn(user, split.cut_day)
-        same += sum(group_of.get(n) == group_of.get(user) for n in neighbours)
-        total += len(neighbours)
+        group, neighbours = group_of.get(user), cloud.knn(user, split.cut_day)
+        if group is not None:  # a user outside the known groups counts neither way
+            same += sum(group_of.get(n) == group for n in neighbours)
+            total += len(neighbours)
     return round(same / total, 4) if total else None
 
 
