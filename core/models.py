@@ -9,10 +9,11 @@ from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.features import FeatureSpace
-from core.tensors import classifier_width
+from core.tensors import classifier_width, din_inputs
 
 EMBEDDING_STD = 0.1  # small init: with 3-dim embeddings, N(0, 1) swamps the MLP at the start
 
@@ -48,13 +49,24 @@ def init_weights(module: nn.Module, seed: int) -> None:
                 raise TypeError(f"no init rule for {type(m).__name__}: the seed would not fix its weights")
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the second-to-last axis where mask is 1; all-masked rows give zeros.
+def _weighted_mean(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Mean over the second-to-last axis of `values` with `din_inputs`' mean weights: one batched matmul."""
+    return (weights @ values).squeeze(-2)
 
-    Normalising the (gradient-free) mask first turns the mean into one batched matmul.
-    """
-    weights = mask / mask.sum(-1, keepdim=True).clamp(min=1.0)
-    return (weights.unsqueeze(-2) @ values).squeeze(-2)
+
+def _run(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """`layers(x)` through the functional ops the modules call (same kernels, same numbers): a small
+    model's step is dominated by per-module call overhead, not arithmetic."""
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            x = F.linear(x, layer.weight, layer.bias)
+        elif isinstance(layer, nn.Sigmoid):
+            x = torch.sigmoid(x)
+        elif isinstance(layer, nn.ReLU):
+            x = torch.relu(x)
+        else:
+            x = layer(x)
+    return x
 
 
 def _lookup(table: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
@@ -90,18 +102,17 @@ class DIN(nn.Module):
         init_weights(self, seed)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Logits for `din_inputs(collate(...))`; a plain `collate` batch is laid out first."""
+        x = batch if "items" in batch else din_inputs(batch)
         # target in slot 0, behaviours after it: one embedding lookup per table, not two
-        items = torch.cat([batch["item"].unsqueeze(1), batch["seq"]], dim=1)
-        tags = torch.cat([batch["tags"].unsqueeze(1), batch["seq_tags"]], dim=1)
-        tags_mask = torch.cat([batch["tags_mask"].unsqueeze(1), batch["seq_tags_mask"]], dim=1)
-        tag_mean = _masked_mean(_lookup(self.tag_emb, tags), tags_mask)
-        e = torch.cat([_lookup(self.item_emb, items), tag_mean], dim=-1)
+        tag_mean = _weighted_mean(x["tag_weights"], _lookup(self.tag_emb, x["tags"]))
+        e = torch.cat([_lookup(self.item_emb, x["items"]), tag_mean], dim=-1)
         q, k = e[:, :1].expand_as(e[:, 1:]), e[:, 1:]  # [n, L, d] each
-        weights = self.attention(torch.cat([q, k, q - k, q * k], dim=-1)).squeeze(-1)
-        weights = weights * batch["seq_mask"]  # padding weighs 0
+        weights = _run(self.attention, torch.cat([q, k, q - k, q * k], dim=-1)).squeeze(-1)
+        weights = weights * x["seq_mask"]  # padding weighs 0
         interest = (weights.unsqueeze(1) @ k).squeeze(1)
-        profile = _masked_mean(_lookup(self.profile_emb, batch["profile"]), batch["profile_mask"])
-        logits: torch.Tensor = self.mlp(torch.cat([e[:, 0], interest, profile], dim=-1))
+        profile = _weighted_mean(x["profile_weights"], _lookup(self.profile_emb, x["profile"]))
+        logits = _run(self.mlp, torch.cat([e[:, 0], interest, profile], dim=-1))
         return logits.squeeze(-1)
 
 
@@ -119,7 +130,7 @@ class SampleClassifier(nn.Module):
         init_weights(self, seed)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.net(features)
+        logits = _run(self.net, features)
         return logits.squeeze(-1)
 
 

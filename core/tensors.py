@@ -108,6 +108,32 @@ def collate(samples: Sequence[Sample], space: FeatureSpace) -> Batch:
     return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
+def din_inputs(batch: Mapping[str, torch.Tensor]) -> Batch:
+    """`collate` output laid out the way `DIN.forward` reads it, computed once per batch, not per step.
+
+    Keys: `items` [n, 1+L] and `tags` [n, 1+L, MAX_TAGS] (the target in slot 0, its behaviours
+    after it), `tag_weights` [n, 1+L, 1, MAX_TAGS] and `profile_weights` [n, 1, P] (the masks as
+    mean weights), `seq_mask`, `profile`, `label`. None of it carries a gradient, so a training
+    loop can build it before its first mini-batch; the values are the ones the forward pass used
+    to compute itself, so the model's numbers do not change.
+    """
+    tags_mask = torch.cat([batch["tags_mask"].unsqueeze(1), batch["seq_tags_mask"]], dim=1)
+    return {
+        "items": torch.cat([batch["item"].unsqueeze(1), batch["seq"]], dim=1),
+        "tags": torch.cat([batch["tags"].unsqueeze(1), batch["seq_tags"]], dim=1),
+        "tag_weights": _mean_weights(tags_mask),
+        "seq_mask": batch["seq_mask"],
+        "profile": batch["profile"],
+        "profile_weights": _mean_weights(batch["profile_mask"]),
+        "label": batch["label"],
+    }
+
+
+def _mean_weights(mask: torch.Tensor) -> torch.Tensor:
+    """A 0/1 mask over the last axis as weights of a mean (all-masked rows: zeros), with a matmul axis."""
+    return (mask / mask.sum(-1, keepdim=True).clamp(min=1.0)).unsqueeze(-2)
+
+
 def index_batch(batch: Mapping[str, torch.Tensor], idx: torch.Tensor | slice) -> Batch:
     """Rows `idx` of every tensor: mini-batches without re-collating."""
     return {k: v[idx] for k, v in batch.items()}

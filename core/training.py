@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,8 +14,9 @@ from torch import nn
 from core.features import FeatureSpace
 from core.metrics import auc_or_fallback
 from core.models import DIN, SampleClassifier, state_from_bytes
+from core.optim import Adam
 from core.sample import Sample
-from core.tensors import Batch, classifier_features, collate, index_batch
+from core.tensors import Batch, classifier_features, collate, din_inputs, index_batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +67,33 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor
     return list(torch.randperm(n, generator=gen).split(batch_size))
 
 
-def _bce_step(model: nn.Module, opt: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor]) -> None:
-    opt.zero_grad(set_to_none=True)
+def _epoch(data: Batch, n: int, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
+    """One epoch's mini-batches of `data`: the rows `_batches` gives, gathered once per epoch
+    (one copy of each tensor, then contiguous slices) instead of once per mini-batch."""
+    if not 0 < batch_size < n:
+        yield data
+        return
+    shuffled = index_batch(data, torch.randperm(n, generator=gen))
+    for start in range(0, n, batch_size):
+        yield index_batch(shuffled, slice(start, start + batch_size))
+
+
+def _bce_step(model: nn.Module, opt: Adam, batch: Mapping[str, torch.Tensor]) -> None:
+    _mode(model, training=True)
+    opt.zero_grad()
     F.binary_cross_entropy_with_logits(model(batch), batch["label"]).backward()
     opt.step()
 
 
+def _mode(model: nn.Module, training: bool) -> None:
+    """Train or eval mode, switched only when it changes: `Module.train` walks every submodule,
+    which a step-by-step loop would otherwise pay on each mini-batch."""
+    if model.training != training:
+        model.train(training)
+
+
 def _probabilities(model: nn.Module, batch: Batch) -> np.ndarray:
-    model.eval()
+    _mode(model, training=False)
     with torch.no_grad():
         return torch.sigmoid(model(batch)).numpy()
 
@@ -82,7 +102,7 @@ def predict(model: nn.Module, samples: Sequence[Sample], space: FeatureSpace) ->
     """Click probabilities for `samples`, in eval mode without gradients."""
     if not samples:
         return np.zeros(0, dtype=np.float32)
-    return _probabilities(model, collate(samples, space))
+    return _probabilities(model, din_inputs(collate(samples, space)))
 
 
 def train_epochs(
@@ -91,13 +111,12 @@ def train_epochs(
     """Plain mini-batch BCE training (the cloud's global model); trains `model` in place."""
     if not samples:
         return model
-    data = collate(samples, space)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
+    data = din_inputs(collate(samples, space))
+    opt = Adam(model.parameters(), lr=cfg.lr)
     gen = _generator(cfg.seed)
-    model.train()
     for _ in range(cfg.epochs):
-        for idx in _batches(len(samples), cfg.batch_size, gen):
-            _bce_step(model, opt, index_batch(data, idx))
+        for batch in _epoch(data, len(samples), cfg.batch_size, gen):
+            _bce_step(model, opt, batch)
     return model
 
 
@@ -129,12 +148,12 @@ def split_matched(
 def _train_classifier(
     clf: SampleClassifier, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, cfg: TrainConfig, seed: int
 ) -> None:
-    opt = torch.optim.Adam(clf.parameters(), lr=cfg.classifier_lr, fused=True)
+    opt = Adam(clf.parameters(), lr=cfg.classifier_lr)
     gen = _generator(seed)
     clf.train()
     for _ in range(cfg.classifier_epochs):
         for idx in _batches(len(y), cfg.classifier_batch_size, gen):
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss = F.binary_cross_entropy_with_logits(clf(x[idx]), y[idx], weight=w[idx], reduction="sum")
             (loss / w[idx].sum()).backward()
             opt.step()
@@ -205,11 +224,11 @@ def _clone_state(state: Mapping[str, object]) -> dict[str, object]:
     return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
-def _snapshot(params: list[nn.Parameter], opt: torch.optim.Optimizer) -> Snapshot:
+def _snapshot(params: list[nn.Parameter], opt: Adam) -> Snapshot:
     return [p.detach().clone() for p in params], [_clone_state(opt.state[p]) for p in params]
 
 
-def _restore(params: list[nn.Parameter], opt: torch.optim.Optimizer, snap: Snapshot) -> None:
+def _restore(params: list[nn.Parameter], opt: Adam, snap: Snapshot) -> None:
     """Undo a rejected step: weights *and* Adam moments, so it leaves no trace at all."""
     weights, states = snap
     with torch.no_grad():
@@ -240,7 +259,7 @@ def train_gated(
         raise ValueError(f"gate {cfg.gate!r}: expected one of {', '.join(GATES)}")
     if not valid:
         return GatedResult(model, 0, 0, None, None)
-    vdata = collate(valid, space)
+    vdata = din_inputs(collate(valid, space))
     vlabels = vdata["label"].numpy()
     if cfg.one_class_gate == "skip" and len(set(vlabels.tolist())) < 2:
         return GatedResult(model, 0, 0, None, None)
@@ -248,15 +267,14 @@ def train_gated(
     start, total = best, 0
     history: list[float] = []
     if train:
-        data = collate(train, space)
+        data = din_inputs(collate(train, space))
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg.lr, fused=True)
+        opt = Adam(params, lr=cfg.lr)
         gen = _generator(cfg.seed)
         snap = _snapshot(params, opt)
         for _ in range(cfg.epochs):
-            for idx in _batches(len(train), cfg.batch_size, gen):
-                model.train()
-                _bce_step(model, opt, index_batch(data, idx))
+            for batch in _epoch(data, len(train), cfg.batch_size, gen):
+                _bce_step(model, opt, batch)
                 total += 1
                 if cfg.gate == "step":
                     best, snap = _judge(model, params, opt, snap, vdata, vlabels, best, history)
@@ -265,7 +283,7 @@ def train_gated(
     return GatedResult(model, len(history), total, start, best, history)
 
 
-def _judge(model: nn.Module, params: list[nn.Parameter], opt: torch.optim.Optimizer, snap: Snapshot,
+def _judge(model: nn.Module, params: list[nn.Parameter], opt: Adam, snap: Snapshot,
            vdata: Batch, vlabels: np.ndarray, best: float, history: list[float]) -> tuple[float, Snapshot]:
     """Keep the update if the local validation metric rose above the best so far, else undo it."""
     metric = auc_or_fallback(vlabels, _probabilities(model, vdata))

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from core.features import FeatureSpace, sequence_tag_histogram
 from core.models import DIN, SampleClassifier, state_from_bytes, state_to_bytes
 from core.sample import Sample
-from core.tensors import MAX_TAGS, classifier_features, collate, index_batch, seq_tag_histograms
+from core.tensors import MAX_TAGS, classifier_features, collate, din_inputs, index_batch, seq_tag_histograms
 
 SPACE = FeatureSpace(item_buckets=64, tag_buckets=16, profile_buckets=32, seq_len=6)
 
@@ -130,6 +130,15 @@ def test_din_padding_does_not_change_output() -> None:
         junk = torch.randint_like(batch[key], 0, 16, generator=torch.Generator().manual_seed(1))
         noisy[key] = torch.where(mask, batch[key], junk)
     assert torch.allclose(model(noisy), together, atol=1e-6)
+
+
+def test_din_inputs_give_the_same_logits_bit_for_bit() -> None:
+    """Training lays a batch out once (`din_inputs`); the logits equal the plain batch's exactly."""
+    model = DIN(SPACE, seed=3)
+    batch = collate(SAMPLES, SPACE)
+    assert torch.equal(model(din_inputs(batch)), model(batch))
+    rows = torch.tensor([2, 0])
+    assert torch.equal(model(index_batch(din_inputs(batch), rows)), model(index_batch(batch, rows)))
 
 
 def test_din_attends_to_the_sequence() -> None:
