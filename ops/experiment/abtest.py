@@ -100,17 +100,42 @@ def units(rows: Sequence[EvalRow], top_n: int, after_first_day: bool = False) ->
 
 
 # --------------------------------------------------------------------------- metrics on a set of units
-def _weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUC of each weight row (bootstrap replicates) over the same events; ties count one half."""
-    order = np.argsort(scores, kind="stable")
-    s, y, w = scores[order], labels[order], weights[:, order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    pos, neg = w * y, w * (1 - y)
-    if starts.size < s.size:  # ties: one group per distinct score (without ties, reduceat only copies)
-        pos, neg = np.add.reduceat(pos, starts, axis=1), np.add.reduceat(neg, starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
-    num = (pos * (below + 0.5 * neg)).sum(axis=1)
-    den = pos.sum(axis=1) * neg.sum(axis=1)
+@dataclass(frozen=True)
+class PairCounts:
+    """What a pooled AUC under user weights needs, counted once: `ranked[u, v]` = pairs (a positive of
+    user u, a negative of user v) that the scores order right, ties one half; positives and negatives
+    per user. A replicate with user weights w then has AUC = w·ranked·w / ((w·positives)(w·negatives)):
+    every term is an integer or a half, so the sums are exact and the AUC is the one `core.metrics.auc`
+    gives on the events repeated by their weights — without expanding weights to every event."""
+
+    ranked: np.ndarray  # [k, k]
+    positives: np.ndarray  # [k]
+    negatives: np.ndarray  # [k]
+
+
+def pair_counts(labels: np.ndarray, scores: np.ndarray, owner: np.ndarray, k: int) -> PairCounts:
+    """`PairCounts` of events with 0/1 `labels`, `scores` and their user's position `owner` (< k)."""
+    pos = labels == 1
+    by_score = np.argsort(scores[pos], kind="stable")  # sorted needles: searchsorted walks memory in order
+    pos_scores, pos_owner = scores[pos][by_score], owner[pos][by_score]
+    neg_owner = owner[~pos]
+    ranked = np.zeros((k, k))
+    order = np.lexsort((scores[~pos], neg_owner))  # negatives grouped by user, scores ascending
+    neg_scores, neg_owner = scores[~pos][order], neg_owner[order]
+    bounds = np.searchsorted(neg_owner, np.arange(k + 1))
+    for v in np.flatnonzero(np.diff(bounds)):
+        theirs = neg_scores[bounds[v]:bounds[v + 1]]
+        below = np.searchsorted(theirs, pos_scores, "left")
+        tied = np.searchsorted(theirs, pos_scores, "right") - below
+        ranked[:, v] = np.bincount(pos_owner, weights=below + 0.5 * tied, minlength=k)
+    return PairCounts(ranked, np.bincount(pos_owner, minlength=k).astype(float),
+                      np.bincount(owner[~pos], minlength=k).astype(float))
+
+
+def weighted_auc(pairs: PairCounts, w: np.ndarray) -> np.ndarray:
+    """Pooled AUC of each user-weight row of `w` (bootstrap replicates); NaN without both classes."""
+    num = ((w @ pairs.ranked) * w).sum(axis=1)
+    den = (w @ pairs.positives) * (w @ pairs.negatives)
     return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
@@ -129,9 +154,7 @@ class Table:
     shown: np.ndarray
     user_days: np.ndarray
     click_days: np.ndarray
-    labels: np.ndarray  # every event (ascending score), with its user's position in `users`
-    scores: np.ndarray
-    owner: np.ndarray
+    pairs: PairCounts  # the pooled AUC's pair counts between users
 
 
 def table(us: Sequence[Unit], users: Sequence[str] | None = None) -> Table:
@@ -161,9 +184,7 @@ def table(us: Sequence[Unit], users: Sequence[str] | None = None) -> Table:
         scores.append(u.scores)
         owner.append(np.full(u.n, i))
     cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))  # noqa: E731
-    s = cat(scores)
-    order = np.argsort(s, kind="stable")  # sorted once here, every bootstrap AUC sorts presorted scores
-    return Table(users, **cols, labels=cat(labels)[order], scores=s[order], owner=cat(owner).astype(int)[order])
+    return Table(users, **cols, pairs=pair_counts(cat(labels), cat(scores), cat(owner).astype(int), k))
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -184,8 +205,7 @@ def metrics(t: Table, w: np.ndarray) -> dict[str, np.ndarray]:
         "clicks_per_user_day": _ratio(w @ t.clicks, w @ t.user_days),
         "share_clicking": _ratio(w @ t.click_days, w @ t.user_days),
     }
-    out["auc"] = (_weighted_auc(t.labels, t.scores, w[:, t.owner]) if t.labels.size
-                  else np.full(w.shape[0], np.nan))
+    out["auc"] = weighted_auc(t.pairs, w)
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from operator import countOf
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -101,13 +102,13 @@ def group_purity(logs: Sequence[SeedLogs], groups: Mapping[str, int], key: str) 
         for user, ns in lg.neighbours:
             g = group_of.get(user)
             for c in (neigh["all"], neigh[arm_of.get(user, "?")]):
-                c["same"] += sum(group_of.get(x) == g for x in ns)
+                c["same"] += countOf(map(group_of.get, ns), g)
                 c["all"] += len(ns)
         owner_of: dict[tuple[str, str], str] = {}
         for dev, user, ids, owners in lg.batches:
             g = group_of.get(user)
             c = matched[lg.arms.get(dev, "?")]
-            c["same"] += sum(group_of.get(o) == g for o in owners)
+            c["same"] += countOf(map(group_of.get, owners), g)
             c["all"] += len(owners)
             owner_of.update(((dev, i[:12]), o) for i, o in zip(ids, owners, strict=True))
         for dev, ids in lg.kept.items():

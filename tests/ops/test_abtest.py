@@ -45,14 +45,19 @@ def _users(n: int, better: int, seed: int = 0) -> dict[str, list[tuple[int, floa
 
 
 def test_weighted_auc_matches_auc_and_bootstrap_weights() -> None:
-    """The bootstrap AUC with unit weights is the plain AUC; integer weights equal repeating events."""
+    """Unit weights give the plain AUC exactly; integer user weights equal repeating each user's events."""
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200).astype(float)
-    p = np.round(rng.random(200), 2)  # ties on purpose
-    assert abtest._weighted_auc(y, p, np.ones((1, 200)))[0] == auc(y, p)  # noqa: SLF001
-    w = rng.integers(0, 3, 200)
-    rep = np.repeat(np.arange(200), w)
-    assert abs(abtest._weighted_auc(y, p, w[None, :].astype(float))[0] - auc(y[rep], p[rep])) < 1e-12  # noqa: SLF001
+    p = np.round(rng.random(200), 2)  # ties on purpose, within and across users
+    owner = rng.integers(0, 12, 200)
+    pairs = abtest.pair_counts(y, p, owner, 12)
+    assert abtest.weighted_auc(pairs, np.ones((1, 12)))[0] == auc(y, p)
+    w = rng.integers(0, 3, (5, 12)).astype(float)
+    for row, got in zip(w, abtest.weighted_auc(pairs, w), strict=True):
+        rep = np.repeat(np.arange(200), row[owner].astype(int))
+        assert got == auc(y[rep], p[rep])  # exact: every count is an integer or a half
+    one_class = abtest.pair_counts(np.ones(4), np.arange(4.0), np.zeros(4, dtype=int), 1)
+    assert np.isnan(abtest.weighted_auc(one_class, np.ones((1, 1)))[0])
 
 
 def _independent_ci_width(a: list[abtest.Unit], b: list[abtest.Unit], reps: int) -> float:
