@@ -61,9 +61,11 @@ def say(msg: str) -> None:
 
 
 def run(out: Path, quick: bool, settings: Settings, fleets: tuple[int, ...] = (1,),
-        large: bool = False) -> dict[str, Any]:
-    """Each size three ways; `large` adds a daily cycle of `LARGE_SIZE` devices in one fleet process."""
-    sizes = QUICK_SIZES if quick else SIZES
+        large: bool = False, large_only: bool = False) -> dict[str, Any]:
+    """Each size three ways; `large` adds a daily cycle of `LARGE_SIZE` devices in one fleet process,
+    `large_only` runs that cycle alone."""
+    sizes = () if large_only else QUICK_SIZES if quick else SIZES
+    large = large or large_only
     flower_cap = QUICK_FLOWER_CAP_S if quick else FLOWER_CAP_S
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="coda-bench-fleet-") as scratch, \
@@ -81,6 +83,18 @@ def run(out: Path, quick: bool, settings: Settings, fleets: tuple[int, ...] = (1
 
 
 def _markdown(runs: list[dict[str, Any]], cycle: dict[str, Any] | None, flower_cap: float) -> str:
+    return (_sizes_markdown(runs, flower_cap) if runs else "# bench fleet\n") + _cycle_markdown(cycle)
+
+
+def _cycle_markdown(cycle: dict[str, Any] | None) -> str:
+    if cycle is None:
+        return ""
+    return (f"\nDaily cycle of {cycle['devices']:,} devices in one fleet process: {cycle['seconds']:.0f} s "
+            f"({cycle['devices_per_s']:.1f} devices/s, {cycle['cpu_s_per_device']:.3f} CPU s a device), "
+            f"peak RSS {cycle['rss_mb_peak']:.0f} MB.\n")
+
+
+def _sizes_markdown(runs: list[dict[str, Any]], flower_cap: float) -> str:
     rows = []
     for r in runs:
         for name, m in r["ways"].items():
@@ -100,9 +114,6 @@ def _markdown(runs: list[dict[str, Any]], cycle: dict[str, Any] | None, flower_c
               for r in runs]
     md += table(["devices", "fleet / plain loop (devices/s)", "fleet / plain loop (CPU s a device)",
                  "fleet / Flower (devices/s)"], ratios) + "\n"
-    if cycle is not None:
-        md += (f"\nDaily cycle of {cycle['devices']:,} devices in one fleet process: {cycle['seconds']:.0f} s "
-               f"({cycle['devices_per_s']:.1f} devices/s), peak RSS {cycle['rss_mb_peak']:.0f} MB.\n")
     return md
 
 

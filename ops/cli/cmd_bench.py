@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="sources", type=Path, action="append",
                         help="capacity: a bench JSON to take unit costs from (repeatable: scale, stages, fleet, match, device)")
     parser.add_argument("--large", action="store_true", help="match: add 1M users; fleet: add a 10,000-device daily cycle in one fleet (both long)")
+    parser.add_argument("--large-only", action="store_true",
+                        help="fleet: only the 10,000-device daily cycle (the sizes and Flower left out)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -28,6 +30,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     kwargs = {"settings": settings} if "settings" in names else {}
     if "large" in names:
         kwargs["large"] = args.large
+    if "large_only" in names:
+        kwargs["large_only"] = args.large_only
+    elif args.large_only:
+        raise SystemExit(f"--large-only is a fleet option, not {args.suite}'s")
     if "sources" in names:
         kwargs["sources"] = args.sources
     module.run(out, args.quick, **kwargs)

@@ -126,3 +126,25 @@ def test_stage_breakdown_adds_up_to_the_unprofiled_cpu() -> None:
     assert us["decode/validate"] == pytest.approx(20.0)  # 10 % of 200 µs of main thread an event
     assert us["Kafka fetch (consumer thread)"] == pytest.approx(50.0) and us["index thread"] == pytest.approx(25.0)
     assert sum(us.values()) == pytest.approx(r["cpu_us_per_event"])
+
+
+def test_fleet_report_of_the_large_cycle_alone() -> None:
+    """`coda bench fleet --large-only`: no size tables, the cycle's line with its CPU a device."""
+    from ops.bench import fleet
+
+    cycle = {"devices": 10_000, "seconds": 512.3, "devices_per_s": 19.5, "cpu_s_per_device": 0.0512,
+             "rss_mb_peak": 401.0}
+    md = fleet._markdown([], cycle, 600.0)  # noqa: SLF001
+    assert "| devices |" not in md
+    assert "10,000 devices in one fleet process: 512 s (19.5 devices/s, 0.051 CPU s a device)" in md
+
+
+def test_large_only_is_refused_outside_the_fleet_suite(tmp_path: Path) -> None:
+    import argparse
+
+    from ops.cli import cmd_bench
+
+    args = argparse.Namespace(suite="capacity", out=tmp_path / "c.json", quick=True, sources=None, large=False,
+                              large_only=True)
+    with pytest.raises(SystemExit, match="fleet option"):
+        cmd_bench.run(args, Settings())
