@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 import statistics
-from operator import countOf
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from operator import countOf
 from typing import Any
 
 import numpy as np

@@ -134,7 +134,7 @@ def test_fleet_report_of_the_large_cycle_alone() -> None:
 
     cycle = {"devices": 10_000, "seconds": 512.3, "devices_per_s": 19.5, "cpu_s_per_device": 0.0512,
              "rss_mb_peak": 401.0}
-    md = fleet._markdown([], cycle, 600.0)  # noqa: SLF001
+    md = fleet._markdown([], cycle, 600.0)
     assert "| devices |" not in md
     assert "10,000 devices in one fleet process: 512 s (19.5 devices/s, 0.051 CPU s a device)" in md
 
