@@ -57,19 +57,10 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor] | list[slice]:
-    """One epoch's shuffled row indices in mini-batches; batch_size 0 or ≥ n: all rows, as a view.
-
-    A full batch needs no shuffle, and slicing avoids copying every row each epoch.
-    """
-    if not 0 < batch_size < n:
-        return [slice(None)]
-    return list(torch.randperm(n, generator=gen).split(batch_size))
-
-
 def _epoch(data: Batch, n: int, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
-    """One epoch's mini-batches of `data`: the rows `_batches` gives, gathered once per epoch
-    (one copy of each tensor, then contiguous slices) instead of once per mini-batch."""
+    """One epoch's mini-batches of `data`'s `n` rows, shuffled by `gen`; batch_size 0 or ≥ n: all
+    rows as they are (a full batch needs no shuffle). The shuffled rows are gathered once per epoch,
+    one copy of each tensor, and the mini-batches are contiguous slices of it."""
     if not 0 < batch_size < n:
         yield data
         return
@@ -151,11 +142,12 @@ def _train_classifier(
     opt = Adam(clf.parameters(), lr=cfg.classifier_lr)
     gen = _generator(seed)
     clf.train()
+    data = {"x": x, "y": y, "w": w}
     for _ in range(cfg.classifier_epochs):
-        for idx in _batches(len(y), cfg.classifier_batch_size, gen):
+        for batch in _epoch(data, len(y), cfg.classifier_batch_size, gen):
             opt.zero_grad()
-            loss = F.binary_cross_entropy_with_logits(clf(x[idx]), y[idx], weight=w[idx], reduction="sum")
-            (loss / w[idx].sum()).backward()
+            loss = F.binary_cross_entropy_with_logits(clf(batch["x"]), batch["y"], weight=batch["w"], reduction="sum")
+            (loss / batch["w"].sum()).backward()
             opt.step()
 
 

@@ -115,21 +115,20 @@ class PairCounts:
 
 def pair_counts(labels: np.ndarray, scores: np.ndarray, owner: np.ndarray, k: int) -> PairCounts:
     """`PairCounts` of events with 0/1 `labels`, `scores` and their user's position `owner` (< k)."""
-    pos = labels == 1
+    pos, neg = labels == 1, labels != 1
     by_score = np.argsort(scores[pos], kind="stable")  # sorted needles: searchsorted walks memory in order
     pos_scores, pos_owner = scores[pos][by_score], owner[pos][by_score]
-    neg_owner = owner[~pos]
-    ranked = np.zeros((k, k))
-    order = np.lexsort((scores[~pos], neg_owner))  # negatives grouped by user, scores ascending
-    neg_scores, neg_owner = scores[~pos][order], neg_owner[order]
+    by_user = np.lexsort((scores[neg], owner[neg]))  # negatives grouped by user, scores ascending
+    neg_scores, neg_owner = scores[neg][by_user], owner[neg][by_user]
     bounds = np.searchsorted(neg_owner, np.arange(k + 1))
+    ranked = np.zeros((k, k))
     for v in np.flatnonzero(np.diff(bounds)):
         theirs = neg_scores[bounds[v]:bounds[v + 1]]
         below = np.searchsorted(theirs, pos_scores, "left")
         tied = np.searchsorted(theirs, pos_scores, "right") - below
         ranked[:, v] = np.bincount(pos_owner, weights=below + 0.5 * tied, minlength=k)
     return PairCounts(ranked, np.bincount(pos_owner, minlength=k).astype(float),
-                      np.bincount(owner[~pos], minlength=k).astype(float))
+                      np.bincount(neg_owner, minlength=k).astype(float))
 
 
 def weighted_auc(pairs: PairCounts, w: np.ndarray) -> np.ndarray:
