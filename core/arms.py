@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -193,11 +193,13 @@ def select_kept(
     classifier_share: float,
     filter_seed: int,
     random_seed: int,
+    observe: Callable[[FilterResult], None] | None = None,
 ) -> FilterOutcome | None:
     """Algorithm 2 (or the arm's control) over the pending matched samples: what is kept, what goes.
 
     The streaming device and the offline engine both call this. None: the arm needs the
-    classifier, but no local sample says "local" yet, so the pending samples wait.
+    classifier, but no local sample says "local" yet, so the pending samples wait. `observe`, if
+    given, sees the classifier's full result (every scored sample's score) before the arm decides.
     """
     pending_ids = [x.sample_id for x in pending]
     if not arm.classifies:
@@ -205,6 +207,8 @@ def select_kept(
     if not local:
         return None
     result = filter_matched(local, pending, space, sigma, classifier_share, filter_seed)
+    if observe is not None:
+        observe(result)
     return arm.keep(pending_ids, result, sigma, random_seed)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ from core.training import TrainConfig, model_for_space, predict, train_gated
 from core.vectors import UserAccumulator, absorb
 from device.record import SEEN_ID_CHARS
 from device.torchconfig import configure_torch, device_train_config
+from ops.experiment.probes import FilterProbe
 from ops.experiment.runner import EvalRow, Split
 from ops.replay.publish import DayPlan
 from streams.schemas import BehaviourEvent
@@ -208,8 +210,9 @@ class OfflineDevice:
 class Offline:
     """One seed of the experiment, in batch."""
 
-    def __init__(self, s: Settings, global_model: DIN, cloud: Cloud) -> None:
+    def __init__(self, s: Settings, global_model: DIN, cloud: Cloud, probe: FilterProbe | None = None) -> None:
         self.s = s
+        self.probe = probe
         self.space = s.features
         self.cloud = cloud
         self.m0 = global_model
@@ -344,8 +347,9 @@ class Offline:
         if not pending:
             return
         local = self._split(d).classifier if d.arm.classifies else []
+        observe = None if self.probe is None else partial(self.probe.observe, d.arm.name, local, pending)
         outcome = select_kept(d.arm, local, pending, self.space, self.s.sigma, self.s.classifier_share,
-                              self._seed(d, "filter", d.filters), self._seed(d, "random", d.filters))
+                              self._seed(d, "filter", d.filters), self._seed(d, "random", d.filters), observe)
         if outcome is None:  # nothing says "local" yet: the samples wait
             return
         for sid in outcome.delete:
@@ -410,8 +414,8 @@ def history_pool(s: Settings, plans: Sequence[DayPlan]) -> Cloud:
 
 
 def run_offline(split: Split, s: Settings, seed: int, global_seed: int = 0,
-                progress: Callable[[str], None] | None = None) -> OfflineRun:
-    """The arms of `s` (arm_mode="buckets", arm_seed=`seed`) on `split`, in batch."""
+                progress: Callable[[str], None] | None = None, probe: FilterProbe | None = None) -> OfflineRun:
+    """The arms of `s` (arm_mode="buckets", arm_seed=`seed`) on `split`, in batch; `probe` sees every filter run."""
     s = s.replace(arm_mode="buckets", arm_seed=seed)
     configure_torch(s.torch_threads)  # as the fleet: small ops on 2 threads cost ~20x the CPU under load
     cloud = history_pool(s, split.history)
@@ -419,7 +423,7 @@ def run_offline(split: Split, s: Settings, seed: int, global_seed: int = 0,
     pool = [x for x in cloud.pool.values() if x.ts // DAY <= last]
     cfg = TrainConfig(lr=s.learning_rate, batch_size=256, epochs=2, seed=global_seed)  # as `coda cloud train-global`
     trained = train_global(pool, s.features, cfg)
-    run = Offline(s, trained.model, cloud)
+    run = Offline(s, trained.model, cloud, probe)
     for device_id, events in split.past(s.seq_len):
         run.past(device_id, events)
     for n, plan in enumerate(split.live):

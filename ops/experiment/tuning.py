@@ -9,6 +9,7 @@ from typing import Any
 from core.arms import ARMS
 from ops.experiment import abtest
 from ops.experiment.offline import history_pool, run_offline
+from ops.experiment.probes import FilterProbe
 from ops.experiment.runner import PAPER_SIGMA, EvalRow, Params, Split, pseudonyms
 from streams.settings import Settings
 
@@ -33,7 +34,7 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
       for n in (3, 4, 7)),
     # fewer of the matched samples spent as the classifier's negatives (never kept, as in the paper)
     *((f"clicks+outcome+epoch5+sigma=0.02+share={share}", {**_EPOCHS, "sigma": 0.02, "classifier_share": share})
-      for share in (0.2, 0.1)),
+      for share in (0.2, 0.1, 0.05, 0.02)),
     # which parameters personalize, on the tuned recipe: the embeddings and attention stay M0's
     # (mlp), or only the MLP's output layer trains (head): fewer parameters to pull towards matched samples
     *((f"clicks+outcome+epoch5+sigma=0.02+personalize={part}", {**_EPOCHS, "sigma": 0.02, "personalize": part})
@@ -93,15 +94,17 @@ def tune(settings: Settings, split: Split, params: Params, say: Callable[[str], 
     base = abtest.units(global_rows(inner, params.settings_for(settings, "tune", 0)), params.top_n)
     for name, changes in variants:
         rows = []
+        matching = params.settings_for(settings, "tune", 0).replace(**changes)
+        probe = FilterProbe(known_groups(split, matching)) if split.groups else None
         for seed in params.seeds:
             s = params.settings_for(settings, "tune", seed).replace(**changes)
-            rows += run_offline(inner, s, seed, params.global_seed).rows
-        matching = params.settings_for(settings, "tune", 0).replace(**changes)
+            rows += run_offline(inner, s, seed, params.global_seed, probe=probe).rows
         precision = {"validation_cut": history_match_precision(inner, matching),
                      "test_cut": history_match_precision(split, matching)}
         us = abtest.units(rows, params.top_n)
         by_arm = {arm: [u for u in us if u.arm == arm] for arm in ARMS}
         cell = {"name": name, "changes": changes, "match_precision_on_history": precision,
+                "filter_selectivity": probe.summary() if probe else None,
                 "arms": {arm: abtest.point_metrics(by_arm[arm]) for arm in ARMS},
                 **{f"{arm}_vs_global": abtest.paired_lift(by_arm[arm], base, 200) for arm in ARMS if arm != "cloud"}}
         out["variants"].append(cell)
@@ -122,7 +125,7 @@ def history_match_precision(split: Split, s: Settings) -> float | None:
     if not split.groups:
         return None
     cloud = history_pool(s, split.history)
-    group_of = {p: split.groups[u] for p, u in pseudonyms(s.pseudonym_key, list(split.groups)).items()}
+    group_of = known_groups(split, s)
     same = total = 0
     for user in sorted(cloud.users):
         group, neighbours = group_of.get(user), cloud.knn(user, split.cut_day)
@@ -130,6 +133,12 @@ def history_match_precision(split: Split, s: Settings) -> float | None:
             same += sum(group_of.get(n) == group for n in neighbours)
             total += len(neighbours)
     return round(same / total, 4) if total else None
+
+
+def known_groups(split: Split, s: Settings) -> dict[str, int]:
+    """Hidden group by raw user id (device-built samples) and by pseudonym (the cloud's); {} on real data."""
+    groups = split.groups or {}
+    return {**groups, **{p: groups[u] for p, u in pseudonyms(s.pseudonym_key, list(groups)).items()}}
 
 
 def _value(lift: dict[str, Any], metric: str) -> float:

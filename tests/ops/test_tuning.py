@@ -1,4 +1,4 @@
-"""Tests for tuning's history-only reading of matching: known groups, known answer, no test event read."""
+"""Tests for tuning's history-only reading of matching and filtering: known groups, known answer, no test event read."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from dataclasses import replace
 
 from test_references import SLICE
 
+from ops.experiment.offline import run_offline
+from ops.experiment.probes import FilterProbe
 from ops.experiment.runner import prepare
 from ops.experiment.tables import tune_lines
-from ops.experiment.tuning import history_match_precision, history_split
+from ops.experiment.tuning import history_match_precision, history_split, known_groups
 from streams.settings import Settings
 
 
@@ -28,8 +30,25 @@ def test_clicked_tags_find_group_mates_where_the_behaviour_sequence_does_not() -
 def test_tune_table_shows_matching_per_variant() -> None:
     lift = {"gauc": {"value": 0.01, "lo": 0.0, "hi": 0.02}, "logloss": {"value": -0.01}}
     variant = {"name": "clicks", **{f"{arm}_vs_global": lift for arm in ("coda", "local", "coda_random", "coda_nofilter")},
-               "match_precision_on_history": {"validation_cut": 0.5944, "test_cut": 0.5767}}
+               "match_precision_on_history": {"validation_cut": 0.5944, "test_cut": 0.5767},
+               "filter_selectivity": {"coda": {"classifier": 0.5031, "classifier_by_source": 0.5113,
+                                               "outcome_agreement": 0.5127, "outcome_agreement_by_source": 0.5293}}}
     text = "\n".join(tune_lines({"split": {"history_days": 4, "live_days": 4}, "variants": [variant], "chosen": "clicks"}))
-    assert "| clicks |" in text and "0.5944 / 0.5767" in text
-    old = {k: v for k, v in variant.items() if k != "match_precision_on_history"}  # a tune.json from before
-    assert "| – |" in "\n".join(tune_lines({"split": {"history_days": 4, "live_days": 4}, "variants": [old]}))
+    assert "| clicks |" in text and "0.5944 / 0.5767" in text and "0.5031, 0.5113; 0.5127, 0.5293" in text
+    old = {k: v for k, v in variant.items() if k not in ("match_precision_on_history", "filter_selectivity")}
+    assert "| – | – |" in "\n".join(tune_lines({"split": {"history_days": 4, "live_days": 4}, "variants": [old]}))
+
+
+def test_the_filter_probe_watches_without_changing_the_run() -> None:
+    """The probe sees every classifier run of the arms that classify; the rows are the same with or without it."""
+    split = prepare(SLICE)
+    inner = history_split(split, SLICE.history_share)
+    s = SLICE.settings_for(Settings(), "tune", 0).replace(match_feature="clicks", classifier_input="outcome")
+    probe = FilterProbe(known_groups(split, s))
+    watched = run_offline(inner, s, 0, probe=probe)
+    assert watched.rows == run_offline(inner, s, 0).rows
+    out = probe.summary()
+    assert set(out) == {"coda", "coda_random"}  # coda_nofilter keeps all without a classifier
+    for arm in out.values():
+        assert arm["runs"] > 0 and arm["scored"] > 0 and 0.0 < arm["own_group_share"] < 1.0
+        assert all(0.0 <= arm[k] <= 1.0 for k in ("classifier", "classifier_by_source", "outcome_agreement"))

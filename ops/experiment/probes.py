@@ -1,0 +1,119 @@
+"""What Algorithm 2 could know: does the filter's score tell a matched sample's source apart?
+
+Known groups only (synthetic data): for every classifier run of an arm, the probe records each
+scored matched sample's score and whether its source user shares the device user's hidden
+group. It reports the AUC of that separation three ways:
+
+- `classifier`: the arm's own scores, sample by sample — what the filter acts on;
+- `classifier_by_source`: the same scores averaged over each source user's samples in the run
+  (a sample alone carries one outcome; its source's several carry more);
+- `outcome_agreement`: a per-tag naive-Bayes log-likelihood ratio of the sample's outcome under
+  the device's own click rates against the matched pool's — a second, simple scorer of the same
+  outcome features, outside the method, so that a classifier at chance is not mistaken for a
+  badly trained one (also by source).
+
+An AUC near 0.5 everywhere says the samples do not carry where they came from, whatever
+classifier reads them; the filter can then only thin the matched set, not select from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.metrics import auc
+from core.sample import Sample
+from core.training import FilterResult
+
+PRIOR_WEIGHT = 5.0  # pseudo-observations at the overall click rate behind each tag's rate
+
+
+@dataclass
+class _Run:
+    own: np.ndarray  # bool per scored sample: source in the device user's group
+    sources: list[str]
+    scores: dict[str, np.ndarray]  # scorer -> per-sample score
+
+
+@dataclass
+class FilterProbe:
+    """Collects, per arm, every classifier run's scores against the sources' known groups."""
+
+    group_of: Mapping[str, int]  # raw user id or pseudonym -> hidden group
+    runs: dict[str, list[_Run]] = field(default_factory=lambda: defaultdict(list))
+
+    def observe(self, arm: str, local: Sequence[Sample], pending: Sequence[Sample], result: FilterResult) -> None:
+        """One run of Algorithm 2 on a device of `arm` (`local`: its positives, `pending`: the matched)."""
+        own_group = self.group_of.get(local[0].user) if local else None
+        by_id = {x.sample_id: x for x in pending}
+        scored = [by_id[sid] for sid in result.scored_ids]
+        if own_group is None or not scored:
+            return
+        own = np.array([self.group_of.get(x.user) == own_group for x in scored])
+        scores = {"classifier": np.array([result.scores[x.sample_id] for x in scored]),
+                  "outcome_agreement": outcome_agreement(local, pending, scored)}
+        self.runs[arm].append(_Run(own, [x.user for x in scored], scores))
+
+    def summary(self) -> dict[str, Any]:
+        return {arm: _summarise(runs) for arm, runs in sorted(self.runs.items())}
+
+
+def outcome_agreement(local: Sequence[Sample], pool: Sequence[Sample], scored: Sequence[Sample]) -> np.ndarray:
+    """Per-tag naive Bayes: log P(outcome | own click rates) − log P(outcome | the pool's), tag-share weighted."""
+    own_rate, pool_rate = _tag_rates(local), _tag_rates(pool)
+    out = np.empty(len(scored))
+    for i, x in enumerate(scored):
+        llr = 0.0
+        for tag in x.tags:
+            p_own, p_pool = own_rate(tag), pool_rate(tag)
+            llr += math.log(p_own / p_pool) if x.label else math.log((1.0 - p_own) / (1.0 - p_pool))
+        out[i] = llr / len(x.tags) if x.tags else 0.0
+    return out
+
+
+def _tag_rates(samples: Sequence[Sample]) -> Any:
+    """Smoothed click rate per tag bucket (each sample spreads one unit over its tags)."""
+    clicks: dict[int, float] = defaultdict(float)
+    shown: dict[int, float] = defaultdict(float)
+    for x in samples:
+        for tag in x.tags:
+            clicks[tag] += x.label / len(x.tags)
+            shown[tag] += 1.0 / len(x.tags)
+    overall = (sum(x.label for x in samples) + 1.0) / (len(samples) + 2.0)  # never 0 or 1
+    return lambda tag: (clicks[tag] + PRIOR_WEIGHT * overall) / (shown[tag] + PRIOR_WEIGHT)
+
+
+def by_source(scores: np.ndarray, sources: Sequence[str]) -> np.ndarray:
+    """Each sample's score replaced by the mean over its source's samples in the same run."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, source in enumerate(sources):
+        groups[source].append(i)
+    out = np.empty(len(scores))
+    for idx in groups.values():
+        out[idx] = scores[idx].mean()
+    return out
+
+
+def _summarise(runs: Sequence[_Run]) -> dict[str, Any]:
+    own = np.concatenate([r.own for r in runs])
+    out: dict[str, Any] = {"runs": len(runs), "scored": int(own.size), "own_group_share": round(float(own.mean()), 4)}
+    for scorer in ("classifier", "outcome_agreement"):
+        out[scorer] = _mean_auc(runs, scorer, pooled=False)
+        out[f"{scorer}_by_source"] = _mean_auc(runs, scorer, pooled=True)
+    return out
+
+
+def _mean_auc(runs: Sequence[_Run], scorer: str, pooled: bool) -> float | None:
+    """AUC of own-group vs not within each run (scores are comparable only there), mean weighted by size."""
+    total = weight = 0.0
+    for r in runs:
+        scores = by_source(r.scores[scorer], r.sources) if pooled else r.scores[scorer]
+        value = auc(r.own, scores)
+        if value is not None:
+            total, weight = total + value * r.own.size, weight + r.own.size
+    return round(total / weight, 4) if weight else None
