@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +65,19 @@ def say(msg: str) -> None:
     print(f"[bench scale {time.monotonic() - _T0:5.0f} s] {msg}", file=sys.stderr, flush=True)
 
 
-def run(out: Path, quick: bool, settings: Settings) -> dict[str, Any]:
-    sizes, counts = (QUICK, QUICK_COUNTS) if quick else (FULL, COUNTS)
+def run(out: Path, quick: bool, settings: Settings, sizes: dict[str, int] | None = None) -> dict[str, Any]:
+    """`sizes` overrides users and devices (a machine with more cores needs more work per member)."""
+    chosen, counts = (QUICK, QUICK_COUNTS) if quick else (FULL, COUNTS)
+    sizes = replace(chosen, **(sizes or {}))
+    if sizes.users < 1 or sizes.devices < 1:
+        raise ValueError(f"users and devices must be at least 1, got {sizes.users} and {sizes.devices}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="coda-bench-scale-") as scratch, \
             broker_for(settings, Path(scratch)) as s:
         cloud = asyncio.run(_cloud(s, Path(scratch) / "cloud", sizes, counts))
         fleets = asyncio.run(_fleets(s, Path(scratch) / "fleets", sizes, counts))
     result = {"cpus": os.cpu_count(), "counts": list(counts), "quick": quick,
+              "sizes": {"users": sizes.users, "devices": sizes.devices},
               "cloud_workers": cloud, "fleets": fleets, "suite_seconds": time.monotonic() - started,
               "targets": {"cpu_efficiency": EFFICIENCY_TARGET},
               "note": (f"{os.cpu_count()} cores shared by the broker, the load generator and every member: "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 from pathlib import Path
 
@@ -21,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--large", action="store_true", help="match: add 1M users; fleet: add a 10,000-device daily cycle in one fleet (both long)")
     parser.add_argument("--large-only", action="store_true",
                         help="fleet: only the 10,000-device daily cycle (the sizes and Flower left out)")
+    parser.add_argument("--users", type=int, help="scale: users in the cloud workers' log (default 1,000; --quick 120)")
+    parser.add_argument("--devices", type=int, help="scale: devices in the fleets' daily cycle (default 400; --quick 40)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -36,6 +39,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit(f"--large-only is a fleet option, not {args.suite}'s")
     if "sources" in names:
         kwargs["sources"] = args.sources
+    sized = {k: v for k in ("users", "devices") if (v := getattr(args, k, None)) is not None}
+    if sized and "sizes" not in inspect.signature(module.run).parameters:
+        raise SystemExit(f"--users and --devices size the scale suite, not {args.suite}")
+    if sized:
+        kwargs["sizes"] = sized
     module.run(out, args.quick, **kwargs)
     print(out.with_suffix(".md").read_text())
     print(f"wrote {out}")

@@ -148,3 +148,21 @@ def test_large_only_is_refused_outside_the_fleet_suite(tmp_path: Path) -> None:
                               large_only=True)
     with pytest.raises(SystemExit, match="fleet option"):
         cmd_bench.run(args, Settings())
+
+
+def test_sizes_are_refused_outside_the_scale_suite(tmp_path: Path) -> None:
+    import argparse
+
+    from ops.cli import cmd_bench
+
+    args = argparse.Namespace(suite="stages", out=tmp_path / "s.json", quick=True, sources=None, large=False,
+                              large_only=False, users=6000, devices=None)
+    with pytest.raises(SystemExit, match="scale suite"):
+        cmd_bench.run(args, Settings())
+
+
+def test_scale_refuses_an_empty_size(tmp_path: Path) -> None:
+    from ops.bench import scale
+
+    with pytest.raises(ValueError, match="at least 1"):
+        scale.run(tmp_path / "s.json", True, Settings(), {"devices": 0})
