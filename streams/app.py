@@ -199,6 +199,7 @@ def create_app(settings: Settings, topics: Topics | None = None, app_id: str | N
         producer_max_request_size=16_000_000,
         producer_max_batch_size=1_000_000,
         stream_wait_empty=False,
+        table_standby_replicas=settings.table_standby_replicas,
         datadir=str(datadir),
         key_serializer="raw",
         value_serializer="raw",

@@ -52,6 +52,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "pseudonym_key", "allow_dev_key", "log_level", "metrics_host", "worker_metrics_port",
         "fleet_metrics_port", "max_envelope_bytes", "max_events_per_envelope", "rebalance_timeout_s",
         "session_timeout_s", "heartbeat_interval_s", "fetch_max_wait_ms", "take_max", "agent_batch",
+        "table_standby_replicas",
     ),
     "matching": (
         "index_url", "item_buckets", "tag_buckets", "profile_buckets", "seq_len", "match_feature",
@@ -117,6 +118,9 @@ class Settings(BaseModel):
     # the ingest and user-vector agents fold each event with those already waiting behind
     # it, up to agent_batch at once; 1: one at a time (see CloudContext.batches)
     agent_batch: Count = field(default=500, metadata=_env("agent_batch"))
+    # Faust's default: each table partition also kept warm on one other worker, so a partition that
+    # moves is served without re-reading its changelog; 0 saves that replay's CPU on every record
+    table_standby_replicas: NonNegative = field(default=1, metadata=_env("table_standby_replicas"))
     # --- matching (paper section 4.2): features, the user vector, the index and the batches -----------
     index_url: str = field(default="edge://", metadata=_env("index_url"))
     item_buckets: Count = field(default=4096, metadata=_env("item_buckets"))
