@@ -88,3 +88,10 @@ async def test_faust_agent_consumes_and_produces(settings: Settings) -> None:
     assert letter.raw == b"\x93garbage" and letter.reason == "bad_msgpack"
     assert letter.topic == topics.name("samples") and letter.offset >= 0
     assert letters.counts == {"bad_msgpack": 1}
+
+
+def test_standby_replicas_reach_the_faust_app(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """CODA_TABLE_STANDBY_REPLICAS sets Faust's standby table replicas; the default stays Faust's 1."""
+    base = Settings(state_dir=tmp_path, bootstrap="127.0.0.1:9")  # the app only connects when started
+    assert create_app(base).conf.table_standby_replicas == 1
+    assert create_app(base.replace(table_standby_replicas=0), app_id="coda-nostandby").conf.table_standby_replicas == 0
