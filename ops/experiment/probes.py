@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +76,7 @@ def outcome_agreement(local: Sequence[Sample], pool: Sequence[Sample], scored: S
     return out
 
 
-def _tag_rates(samples: Sequence[Sample]) -> Any:
+def _tag_rates(samples: Sequence[Sample]) -> Callable[[int], float]:
     """Smoothed click rate per tag bucket (each sample spreads one unit over its tags)."""
     clicks: dict[int, float] = defaultdict(float)
     shown: dict[int, float] = defaultdict(float)
