@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from core.sample import DAY, Sample
+from core.sample import DAY, SAMPLE_ACTIONS, Sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +33,14 @@ class FeatureSpace:
     # alike when they liked the same things in the same periods: a taste that changes over time is
     # compared period by period instead of being averaged away (the vector keeps its size)
     user_period_days: int = 0
+    # which events extend a user's behaviour sequence: "all" (every event the log holds, shown or
+    # clicked) or "clicks" (clicks and other positive actions, DIN's "user behaviours": where
+    # exposure does not follow taste, only what the user picked says who the user is)
+    sequence_actions: str = "all"
 
 
 USER_FEATURES = ("sequence", "clicks")
+SEQUENCE_ACTIONS = ("all", "clicks")
 CLASSIFIER_INPUTS = ("sequence", "outcome")
 # "clicks": a pass weighs a third of a click, the odds of a click at a 25 % click rate, so an
 # average user's vector is near zero and cosine compares what each user picks beyond the average
@@ -96,7 +101,8 @@ def event_to_sample(
 
     `event` needs `ts`, `item_id`, `item_tags`, `action`, optional `profile` and `label`
     (label defaults to 1 for a click action, else 0). Returns the sample and the history
-    extended by this event.
+    extended by this event (with `space.sequence_actions == "clicks"`, only if it was clicked or
+    is not a sample action at all, e.g. a purchase).
     """
     ts = int(event["ts"])  # type: ignore[call-overload]
     action = str(event["action"])
@@ -115,7 +121,17 @@ def event_to_sample(
         profile=profile_buckets(event.get("profile"), space),  # type: ignore[arg-type]
         label=label_value,
     )
+    if not extends_sequence(action, label_value, space):
+        return sample, history
     return sample, history.push(item, tags, space.seq_len)
+
+
+def extends_sequence(action: str, label: int | None, space: FeatureSpace) -> bool:
+    """Whether an event joins its user's behaviour sequence: always, unless `space.sequence_actions` is
+    "clicks" and it is a sample action that was not clicked (shown and passed over)."""
+    if space.sequence_actions == "all" or action not in SAMPLE_ACTIONS:
+        return True
+    return bool(label) if label is not None else action == "click"
 
 
 def sequence_tag_histogram(seq_tags: Sequence[Sequence[int]], space: FeatureSpace) -> list[float]:

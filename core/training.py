@@ -41,6 +41,10 @@ class TrainConfig:
     # each pass over the training samples — with a few dozen local validation samples a single
     # mini-batch rarely moves the AUC, so per-step gating rejects most of what a pass would learn
     gate: str = "step"
+    # stop training after this many judgements in a row were rejected (0: never, the paper): a
+    # rejected pass restores the model, so what follows starts again from the same weights, and
+    # on a few dozen local validation samples one rejection predicts the next
+    patience: int = 0
 
 
 def model_for_space(space: FeatureSpace, seed: int = 0) -> DIN:
@@ -264,15 +268,34 @@ def train_gated(
         opt = Adam(params, lr=cfg.lr)
         gen = _generator(cfg.seed)
         snap = _snapshot(params, opt)
+        patience, stop = _Patience(cfg.patience), False
         for _ in range(cfg.epochs):
             for batch in _epoch(data, len(train), cfg.batch_size, gen):
                 _bce_step(model, opt, batch)
                 total += 1
                 if cfg.gate == "step":
                     best, snap = _judge(model, params, opt, snap, vdata, vlabels, best, history)
+                    if stop := patience.spent(len(history)):
+                        break
             if cfg.gate == "epoch":
                 best, snap = _judge(model, params, opt, snap, vdata, vlabels, best, history)
+                stop = patience.spent(len(history))
+            if stop:
+                break
     return GatedResult(model, len(history), total, start, best, history)
+
+
+class _Patience:
+    """Counts the judgements rejected in a row (`accepted` is how many were kept so far)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.accepted, self.rejected = limit, 0, 0
+
+    def spent(self, accepted: int) -> bool:
+        """Call once after each judgement; True once `limit` (> 0) rejections came in a row."""
+        self.rejected = 0 if accepted > self.accepted else self.rejected + 1
+        self.accepted = accepted
+        return 0 < self.limit <= self.rejected
 
 
 def _judge(model: nn.Module, params: list[nn.Parameter], opt: Adam, snap: Snapshot,

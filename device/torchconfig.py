@@ -13,7 +13,7 @@ _torch_configured = False
 def device_train_config(s: Settings, seed: int) -> TrainConfig:
     """Algorithm 3's optimiser and gate from the settings (the offline engine uses the same)."""
     return TrainConfig(lr=s.device_learning_rate, batch_size=s.train_batch, epochs=s.train_epochs, seed=seed,
-                       one_class_gate=s.one_class_gate, gate=s.gate)
+                       one_class_gate=s.one_class_gate, gate=s.gate, patience=s.train_patience)
 
 
 def configure_torch(threads: int) -> None:

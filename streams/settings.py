@@ -55,14 +55,14 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "table_standby_replicas",
     ),
     "matching": (
-        "index_url", "item_buckets", "tag_buckets", "profile_buckets", "seq_len", "match_feature",
+        "index_url", "item_buckets", "tag_buckets", "profile_buckets", "seq_len", "sequence_actions", "match_feature",
         "match_period_days", "k_neighbours", "batch_size", "batch_max", "batches_per_day",
         "match_window_days",
     ),
     "device": (
         "classifier_input", "classifier_share", "sigma", "max_local_samples", "max_outside_samples",
         "train_trigger", "lifecycle_t_days", "lifecycle_t2_days", "emb_dim", "learning_rate", "train_batch",
-        "device_learning_rate", "train_epochs", "gate", "personalize", "one_class_gate", "pull_trigger",
+        "device_learning_rate", "train_epochs", "gate", "train_patience", "personalize", "one_class_gate", "pull_trigger",
         "open_databases", "fleet_concurrency", "torch_threads", "torch_on_loop",
     ),
     "experiment": (
@@ -127,6 +127,9 @@ class Settings(BaseModel):
     tag_buckets: Count = field(default=256, metadata=_env("tag_buckets"))
     profile_buckets: Count = field(default=256, metadata=_env("profile_buckets"))
     seq_len: Count = field(default=20, metadata=_env("seq_len"))
+    # which events extend the behaviour sequence every model and user vector reads: "all" (each
+    # shown or clicked event) or "clicks" (only what the user clicked, and non-sample actions)
+    sequence_actions: Literal["all", "clicks"] = field(default="all", metadata=_env("sequence_actions"))
     # the user vector of Algorithm 1: "sequence" (the paper: behaviour-sequence tag histogram) or
     # "clicks" (clicked items' tags less a third for passed ones: taste even where exposure says nothing)
     match_feature: Literal["sequence", "clicks"] = field(default="sequence", metadata=_env("match_feature"))
@@ -158,6 +161,8 @@ class Settings(BaseModel):
     device_learning_rate: Rate = field(default=0.01, metadata=_env("device_learning_rate"))
     train_epochs: Count = field(default=1, metadata=_env("train_epochs"))
     gate: Literal["step", "epoch"] = field(default="step", metadata=_env("gate"))
+    # Algorithm 3 stops after this many rejected judgements in a row (0: never, the paper)
+    train_patience: NonNegative = field(default=0, metadata=_env("train_patience"))
     # which CTR-model parameters Algorithm 3 personalizes: "all" (the paper) | "mlp" | "head"
     personalize: Literal["all", "mlp", "head"] = field(default="all", metadata=_env("personalize"))
     # Algorithm 3's gate when the local validation samples hold one class (AUC undefined):
@@ -202,7 +207,8 @@ class Settings(BaseModel):
     @property
     def features(self) -> FeatureSpace:
         return FeatureSpace(self.item_buckets, self.tag_buckets, self.profile_buckets, self.seq_len,
-                            self.match_feature, self.classifier_input, self.match_period_days)
+                            self.match_feature, self.classifier_input, self.match_period_days,
+                            self.sequence_actions)
 
     @property
     def embedded(self) -> bool:

@@ -424,13 +424,13 @@ def run_offline(split: Split, s: Settings, seed: int, global_seed: int = 0,
     cfg = TrainConfig(lr=s.learning_rate, batch_size=256, epochs=2, seed=global_seed)  # as `coda cloud train-global`
     trained = train_global(pool, s.features, cfg)
     run = Offline(s, trained.model, cloud, probe)
-    for device_id, events in split.past(s.seq_len):
+    for device_id, events in split.past(s.features):
         run.past(device_id, events)
     for n, plan in enumerate(split.live):
         for device_id, events in plan.by_device:
             run.actions(device_id, events)
         run.day_end(plan.day)
-        if progress and n % 10 == 0:
+        if progress and (n % max(1, len(split.live) // 10) == 0 or n + 1 == len(split.live)):
             progress(f"offline seed {seed}: day {n + 1}/{len(split.live)}")
     rows = [EvalRow(seed, arm, user, ts // DAY - split.cut_day, ts, label, score, sid)
             for arm, user, sid, ts, label, score in run.rows]

@@ -16,6 +16,7 @@ from streams.settings import Settings
 _CLICKS = {"match_feature": "clicks"}
 _OUTCOME = {**_CLICKS, "classifier_input": "outcome"}
 _EPOCHS = {**_OUTCOME, "gate": "epoch", "train_epochs": 5}
+_CLICKSEQ = {**_EPOCHS, "sigma": 0.02, "classifier_share": 0.02, "sequence_actions": "clicks"}
 # (name, settings changes): the paper, then one stage of the funnel at a time — the matching
 # feature, the classifier's input, the gate and passes of Algorithm 3, the filter's threshold σ,
 # its validation window, a larger mini-batch (cheaper) — and the earlier variants (fewer
@@ -39,6 +40,20 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     # (mlp), or only the MLP's output layer trains (head): fewer parameters to pull towards matched samples
     *((f"clicks+outcome+epoch5+sigma=0.02+personalize={part}", {**_EPOCHS, "sigma": 0.02, "personalize": part})
       for part in ("mlp", "head")),
+    # the behaviour sequence made of clicks only (what every model, the user vector and the
+    # classifier read): with the tuned filter, with the paper's share of negatives, with the paper's σ
+    *((f"clicks+outcome+epoch5+clickseq{suffix}", {**_EPOCHS, "sequence_actions": "clicks", **changes})
+      for suffix, changes in (("+sigma=0.02+share=0.02", {"sigma": 0.02, "classifier_share": 0.02}),
+                              ("+sigma=0.02", {"sigma": 0.02}), ("", {}))),
+    # Algorithm 3 stops after 1 or 2 rejected passes in a row, on the tuned recipe: a rejected pass
+    # restores the model, and with ~4 % of passes accepted most of a device's CPU goes to passes
+    # that are undone
+    # (the names say "tuned": each is the recipe as it stood when the variant was added, with its
+    # settings in full, so a later change to the recipe does not change what a name means)
+    *((f"tuned+patience={n}", {**_CLICKSEQ, "train_patience": n}) for n in (1, 2)),
+    # σ 0.02 sat at the edge of its grid: lower, towards keeping every scored sample
+    *((f"tuned+patience=2+sigma={sigma}", {**_CLICKSEQ, "train_patience": 2, "sigma": sigma})
+      for sigma in (0.01, 0.005)),
     ("clicks+outcome+epoch3+sigma=0.05", {**_EPOCHS, "train_epochs": 3, "sigma": 0.05}),
     ("clicks+outcome+epoch5+batch64", {**_EPOCHS, "train_batch": 64, "device_learning_rate": 0.015}),
     ("clicks+outcome+epoch5+t1", {**_EPOCHS, "lifecycle_t_days": 1}),

@@ -7,7 +7,7 @@ import random
 from hypothesis import given, strategies as st
 
 from core.batching import DailyQuota, chunk
-from core.features import FeatureSpace, user_feature, user_feature_sparse
+from core.features import FeatureSpace, History, event_to_sample, user_feature, user_feature_sparse
 from core.matching import group_by_partition, merge_answers, most_recent_unserved, per_neighbour_ask
 from core.privacy import device_pseudonym, user_pseudonym
 from core.sample import Sample
@@ -91,6 +91,28 @@ def test_clicks_feature_is_the_tag_share_of_clicks() -> None:
     acc.add([clicked, shown], space)
     assert acc.count == 2 and acc.mean[3] == acc.mean[7] == 0.25 and acc.mean[4] == -1 / 6
     assert acc.mean == mean_vector([user_feature(s, space) for s in (clicked, shown)])
+
+
+def test_clicks_sequence_holds_what_the_user_picked() -> None:
+    """sequence_actions "clicks": a pass still becomes a sample but not a behaviour; a purchase does."""
+    events = [{"ts": 10, "item_id": "a", "action": "click"},
+              {"ts": 11, "item_id": "b", "action": "impression"},
+              {"ts": 12, "item_id": "c", "action": "impression", "label": 1},
+              {"ts": 13, "item_id": "d", "action": "purchase"},
+              {"ts": 14, "item_id": "e", "action": "impression"}]
+
+    def sequences(space: FeatureSpace) -> list[tuple[int, ...]]:
+        history, seqs = History(), []
+        for event in events:
+            sample, history = event_to_sample("u", event, history, space)
+            seqs.append(sample.seq)
+        return seqs
+
+    bucket = {x: event_to_sample("u", {"ts": 0, "item_id": x, "action": "click"}, History(), SPACE)[0].item
+              for x in "abcde"}
+    a, b, c, d = (bucket[x] for x in "abcd")
+    assert sequences(SPACE) == [(), (a,), (a, b), (a, b, c), (a, b, c, d)]
+    assert sequences(FeatureSpace(sequence_actions="clicks")) == [(), (a,), (a,), (a, c), (a, c, d)]
 
 
 def test_period_feature_keys_the_same_taste_by_calendar_period() -> None:

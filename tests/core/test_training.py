@@ -223,6 +223,33 @@ def test_epoch_gate_judges_whole_passes(seed: int) -> None:
     assert_gate_only_rises(r, valid)
 
 
+@pytest.mark.parametrize("gate, epochs, patience, steps", [("step", 1, 3, 3), ("epoch", 4, 1, 10), ("epoch", 4, 2, 20)])
+def test_patience_stops_after_rejections_in_a_row(monkeypatch: pytest.MonkeyPatch, gate: str, epochs: int,
+                                                   patience: int, steps: int) -> None:
+    """With every judgement rejected, training stops after `patience` of them: steps, or passes of 10 steps."""
+    monkeypatch.setattr(training, "auc_or_fallback", lambda labels, scores: 0.5)
+    train, valid = learnable(0)
+    r = train_gated(model_for_space(SPACE), train, valid, SPACE, TrainConfig(epochs=epochs, gate=gate, patience=patience))
+    assert (r.accepted_steps, r.total_steps) == (0, steps)
+
+
+def test_patience_counts_only_rejections_in_a_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An accepted pass resets the count: reject, accept, reject, reject stops after the fourth of six passes."""
+    metrics = iter([0.5, 0.4, 0.6, 0.6, 0.5, 0.9, 0.9])  # the start, then one per pass
+    monkeypatch.setattr(training, "auc_or_fallback", lambda labels, scores: next(metrics))
+    train, valid = learnable(0)
+    r = train_gated(model_for_space(SPACE), train, valid, SPACE, TrainConfig(epochs=6, gate="epoch", patience=2))
+    assert (r.accepted_steps, r.total_steps, r.valid_history) == (1, 40, [0.6])
+
+
+def test_patience_zero_is_the_paper() -> None:
+    """patience 0 never stops early: the same weights as a config without it."""
+    train, valid = learnable(1)
+    a = train_gated(model_for_space(SPACE), train, valid, SPACE, TrainConfig(epochs=3, gate="epoch", seed=4))
+    b = train_gated(model_for_space(SPACE), train, valid, SPACE, TrainConfig(epochs=3, gate="epoch", seed=4, patience=0))
+    assert a.total_steps == b.total_steps == 30 and same(weights(a.model), weights(b.model))
+
+
 def test_unknown_gate_is_refused() -> None:
     with pytest.raises(ValueError, match="gate 'sometimes'"):
         train_gated(model_for_space(SPACE), [], [], SPACE, TrainConfig(gate="sometimes"))

@@ -56,9 +56,11 @@ DRIFT_SMALL = Params(dataset="synthetic", scenario="drift", seeds=(2,), k=6, his
 
 
 async def test_the_engines_agree_on_the_drift_scenario_with_the_device_knobs(settings: Settings) -> None:
-    """The drift scenario with the clicks feature, an epoch gate and several epochs: same scores, same
-    trainings, same gated steps and the same distance from M0 on both engines, device by device."""
-    root = settings.replace(match_feature="clicks", gate="epoch", train_epochs=2, device_learning_rate=0.02,
+    """The drift scenario with the clicks feature, a sequence of clicks, an epoch gate, several epochs and
+    patience: same scores, same trainings, same gated steps and the same distance from M0 on both
+    engines, device by device."""
+    root = settings.replace(match_feature="clicks", sequence_actions="clicks", gate="epoch", train_epochs=3,
+                            train_patience=2, device_learning_rate=0.02,
                             lifecycle_t_days=1)  # local samples train from their second day
     split = prepare(DRIFT_SMALL)
     assert split.truth and len(split.live) == 3

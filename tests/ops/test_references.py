@@ -46,3 +46,28 @@ def test_global_scores_are_the_cloud_arms_scores() -> None:
     assert max(abs(served[k] - rescored[k]) for k in served) <= 1e-6
     live_ids = {r.sample_id for r in run_offline(inner, settings, 0).rows}
     assert set(rescored) == live_ids  # nothing past the split's last live day
+
+
+def test_a_device_starts_with_the_sequence_the_cloud_would_build() -> None:
+    """`Split.past`: a device's history events give the very behaviour sequence that the user's whole
+    pre-cut log gives, whichever events join a sequence (all, or clicks only)."""
+    from core.features import FeatureSpace, History, event_to_sample
+
+    split = prepare(SLICE)
+    for actions in ("all", "clicks"):
+        space = FeatureSpace(seq_len=8, sequence_actions=actions)
+        whole: dict[str, History] = {}
+        for e in sorted(split.events, key=lambda e: (e["ts"], e["user_id"], e["item_id"], e["action"])):
+            if e["ts"] < split.cut_day * 86_400:
+                whole[e["user_id"]] = event_to_sample(e["user_id"], e, whole.get(e["user_id"], History()), space)[1]
+        past = split.past(space)
+        assert past and all(len(events) <= space.seq_len for _, events in past)
+        for _, events in past:
+            history = History()
+            for ev in events:
+                fields = {"ts": ev.ts, "item_id": ev.item_id, "item_tags": ev.item_tags, "action": ev.action,
+                          "label": ev.label}
+                history = event_to_sample(ev.user_id, fields, history, space)[1]
+            assert history.items == whole[events[0].user_id].items and len(history.items) == len(events)
+        if actions == "clicks":
+            assert all(ev.label == 1 or ev.action == "click" for _, events in past for ev in events)
