@@ -248,7 +248,7 @@ async def _live(s: Settings, topics: Any, split: Split, seed: int, pub: Any, pro
             await pub.day_end("actions", plan.day)
             await quiet.wait()  # pulls answered, filtered, trained: the next day may start
             progress.advance(plan.events, f"day {n}/{len(split.live)}")
-            if not bar and (n % 10 == 0 or n == len(split.live)):
+            if not bar and (n % max(1, len(split.live) // 10) == 0 or n == len(split.live)):
                 say(f"seed {seed}: live day {n}/{len(split.live)} ({time.monotonic() - t0:.0f} s)")
     progress.close()
     timings["live_s"] = time.monotonic() - t0
