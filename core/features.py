@@ -40,7 +40,6 @@ class FeatureSpace:
 
 
 USER_FEATURES = ("sequence", "clicks")
-SEQUENCE_ACTIONS = ("all", "clicks")
 CLASSIFIER_INPUTS = ("sequence", "outcome")
 # "clicks": a pass weighs a third of a click, the odds of a click at a 25 % click rate, so an
 # average user's vector is near zero and cosine compares what each user picks beyond the average

@@ -37,7 +37,7 @@ from core.vectors import UserAccumulator, absorb
 from device.record import SEEN_ID_CHARS
 from device.torchconfig import configure_torch, device_train_config
 from ops.experiment.probes import FilterProbe
-from ops.experiment.runner import EvalRow, Split
+from ops.experiment.runner import EvalRow, Split, reports_day
 from ops.replay.publish import DayPlan
 from streams.schemas import BehaviourEvent
 from streams.settings import Settings
@@ -430,7 +430,7 @@ def run_offline(split: Split, s: Settings, seed: int, global_seed: int = 0,
         for device_id, events in plan.by_device:
             run.actions(device_id, events)
         run.day_end(plan.day)
-        if progress and (n % max(1, len(split.live) // 10) == 0 or n + 1 == len(split.live)):
+        if progress and reports_day(n + 1, len(split.live)):
             progress(f"offline seed {seed}: day {n + 1}/{len(split.live)}")
     rows = [EvalRow(seed, arm, user, ts // DAY - split.cut_day, ts, label, score, sid)
             for arm, user, sid, ts, label, score in run.rows]

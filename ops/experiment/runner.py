@@ -137,6 +137,11 @@ class Split:
                 for device, evs in sorted(before.items()) if evs]
 
 
+def reports_day(n: int, days: int) -> bool:
+    """Whether a replay of `days` live days says so after its `n`-th (1-based): about ten times, and the last."""
+    return n % max(1, days // 10) == 0 or n == days
+
+
 def _keep_users(events: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """A deterministic subset of `n` users (by a hash of the id, not by activity)."""
     users = sorted({e["user_id"] for e in events}, key=lambda u: hashlib.blake2b(u.encode()).hexdigest())
@@ -248,7 +253,7 @@ async def _live(s: Settings, topics: Any, split: Split, seed: int, pub: Any, pro
             await pub.day_end("actions", plan.day)
             await quiet.wait()  # pulls answered, filtered, trained: the next day may start
             progress.advance(plan.events, f"day {n}/{len(split.live)}")
-            if not bar and (n % max(1, len(split.live) // 10) == 0 or n == len(split.live)):
+            if not bar and reports_day(n, len(split.live)):
                 say(f"seed {seed}: live day {n}/{len(split.live)} ({time.monotonic() - t0:.0f} s)")
     progress.close()
     timings["live_s"] = time.monotonic() - t0
