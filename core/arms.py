@@ -11,7 +11,7 @@ import numpy as np
 from core.features import FeatureSpace
 from core.lifecycle import FilterOutcome, after_filter
 from core.sample import Sample
-from core.training import FilterResult, filter_matched
+from core.training import FilterResult, Scorer, filter_matched
 
 ARM_MODES = ("coda", "buckets")
 _CODA_SCHEDULE = ("after filtering, once {trigger} filtered samples wait or on the cloud's notice that the day's "
@@ -194,19 +194,21 @@ def select_kept(
     filter_seed: int,
     random_seed: int,
     observe: Callable[[FilterResult], None] | None = None,
+    model: str | Scorer = "mlp",
 ) -> FilterOutcome | None:
     """Algorithm 2 (or the arm's control) over the pending matched samples: what is kept, what goes.
 
     The streaming device and the offline engine both call this. None: the arm needs the
     classifier, but no local sample says "local" yet, so the pending samples wait. `observe`, if
-    given, sees the classifier's full result (every scored sample's score) before the arm decides.
+    given, sees the classifier's full result (every scored sample's score) before the arm decides;
+    `model` is the classifier's (`core.training.CLASSIFIER_MODELS`).
     """
     pending_ids = [x.sample_id for x in pending]
     if not arm.classifies:
         return arm.keep(pending_ids, None, sigma, random_seed)
     if not local:
         return None
-    result = filter_matched(local, pending, space, sigma, classifier_share, filter_seed)
+    result = filter_matched(local, pending, space, sigma, classifier_share, filter_seed, model=model)
     if observe is not None:
         observe(result)
     return arm.keep(pending_ids, result, sigma, random_seed)

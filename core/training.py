@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +16,7 @@ from core.metrics import auc_or_fallback
 from core.models import DIN, SampleClassifier, state_from_bytes
 from core.optim import Adam
 from core.sample import Sample
-from core.tensors import Batch, classifier_features, collate, din_inputs, index_batch
+from core.tensors import Batch, classifier_features, collate, din_inputs, index_batch, seq_tag_histograms
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +155,28 @@ def _train_classifier(
             opt.step()
 
 
+# scores matched samples from the local ones alone: (local, matched, space) -> a score per matched sample
+Scorer = Callable[[Sequence[Sample], Sequence[Sample], FeatureSpace], list[float]]
+
+
+def centroid_scores(local: Sequence[Sample], matched: Sequence[Sample], space: FeatureSpace) -> list[float]:
+    """Cosine of each matched sample's behaviour-sequence tag histogram to the local samples' mean one.
+
+    Histograms are non-negative, so a score lies in [0, 1]; a sample with an empty sequence (or a
+    device whose local sequences are all empty) scores 0: nothing says it is like the user.
+    """
+    reference = seq_tag_histograms(local, space).double().mean(dim=0, keepdim=True)
+    hist = seq_tag_histograms(matched, space).double()
+    norms = hist.norm(dim=1) * reference.norm()
+    dots = (hist @ reference.T).squeeze(1)
+    return torch.where(norms > 0, dots / norms.clamp(min=1e-300), 0.0).tolist()
+
+
+# Algorithm 2's classifier: "mlp" (the paper's two-class model, trained local against a share of
+# the matched samples: None here) or "centroid" (nearest centroid: no training, no negatives spent)
+CLASSIFIER_MODELS: dict[str, Scorer | None] = {"mlp": None, "centroid": centroid_scores}
+
+
 def filter_matched(
     local: Sequence[Sample],
     matched: Sequence[Sample],
@@ -164,6 +186,7 @@ def filter_matched(
     seed: int = 0,
     cfg: TrainConfig | None = None,
     hidden: int = 16,
+    model: str | Scorer = "mlp",
 ) -> FilterResult:
     """Algorithm 2: keep the matched samples a personalised classifier finds local-like.
 
@@ -173,11 +196,17 @@ def filter_matched(
     are kept, in scored order. The classifier's own negatives are never kept, as in the paper.
     `seed` fixes split, initialisation and shuffling; `cfg` gives only the classifier's
     optimiser settings. With no local samples there is nothing to learn "local" from, and with
-    no matched samples nothing to keep: both give an empty result.
+    no matched samples nothing to keep: both give an empty result. Any other `model` (a name in
+    `CLASSIFIER_MODELS`, or a `Scorer`) scores every matched sample: no split, no training.
     """
+    if isinstance(model, str) and model not in CLASSIFIER_MODELS:
+        raise ValueError(f"classifier model {model!r}: expected one of {', '.join(CLASSIFIER_MODELS)}")
+    scorer = CLASSIFIER_MODELS[model] if isinstance(model, str) else model
     cfg = cfg or TrainConfig()
     if not local or not matched:
         return FilterResult([], {}, [], [])
+    if scorer is not None:
+        return _kept_by_score(list(matched), scorer(local, matched, space), sigma, [])
     negatives, to_score = split_matched(matched, train_share, seed)
     train_ids = [s.sample_id for s in negatives]
     if not to_score:
@@ -191,9 +220,13 @@ def filter_matched(
     clf.eval()
     with torch.no_grad():
         probs = torch.sigmoid(clf(x[n_pos + n_neg :])).tolist()
-    scores = {s.sample_id: p for s, p in zip(to_score, probs, strict=True)}
-    kept = [s for s, p in zip(to_score, probs, strict=True) if p >= sigma]
-    return FilterResult(kept, scores, train_ids, [s.sample_id for s in to_score])
+    return _kept_by_score(to_score, probs, sigma, train_ids)
+
+
+def _kept_by_score(scored: list[Sample], scores: list[float], sigma: float, train_ids: list[str]) -> FilterResult:
+    kept = [s for s, p in zip(scored, scores, strict=True) if p >= sigma]
+    by_id = {s.sample_id: p for s, p in zip(scored, scores, strict=True)}
+    return FilterResult(kept, by_id, train_ids, [s.sample_id for s in scored])
 
 
 # --- Algorithm 3: training gated by local validation ---

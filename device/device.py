@@ -371,7 +371,8 @@ class Device:
             if not local:
                 return 0  # nothing says "local" yet: the samples wait (and count toward the limit)
         seeds = self._seed("filter", st.filters), self._seed("random", st.filters)
-        args = (self.arm, local, pending, self.rt.space, self.s.sigma, self.s.classifier_share, *seeds)
+        args = (self.arm, local, pending, self.rt.space, self.s.sigma, self.s.classifier_share, *seeds, None,
+                self.s.classifier_model)
         if self.arm.classifies:  # torch work: on the executor, timed
             outcome, wall, cpu = await self.rt.run(select_kept, *args)
         else:

@@ -60,7 +60,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "match_window_days",
     ),
     "device": (
-        "classifier_input", "classifier_share", "sigma", "max_local_samples", "max_outside_samples",
+        "classifier_model", "classifier_input", "classifier_share", "sigma", "max_local_samples", "max_outside_samples",
         "train_trigger", "lifecycle_t_days", "lifecycle_t2_days", "emb_dim", "learning_rate", "train_batch",
         "device_learning_rate", "train_epochs", "gate", "train_patience", "personalize", "one_class_gate", "pull_trigger",
         "open_databases", "fleet_concurrency", "torch_threads", "torch_on_loop",
@@ -144,6 +144,10 @@ class Settings(BaseModel):
     # --- device (paper sections 3.3, 3.4, 4.4): the filter, Algorithm 3, the models and the fleet -----
     # Algorithm 2's classifier input: "sequence" (the paper) or "outcome" (plus the sample's
     # clicked-or-passed target tags)
+    # Algorithm 2's classifier: "mlp" (the paper: a two-class model trained on local against
+    # classifier_share of the matched samples) or "centroid" (a matched sample's score is the
+    # cosine of its behaviour-sequence histogram to the local samples' mean: no training, no negatives)
+    classifier_model: Literal["mlp", "centroid"] = field(default="mlp", metadata=_env("classifier_model"))
     classifier_input: Literal["sequence", "outcome"] = field(default="sequence", metadata=_env("classifier_input"))
     classifier_share: Share = field(default=1 / 3, metadata=_env("classifier_share"))
     sigma: Probability = field(default=0.2, metadata=_env("sigma"))

@@ -349,7 +349,8 @@ class Offline:
         local = self._split(d).classifier if d.arm.classifies else []
         observe = None if self.probe is None else partial(self.probe.observe, d.arm.name, local, pending)
         outcome = select_kept(d.arm, local, pending, self.space, self.s.sigma, self.s.classifier_share,
-                              self._seed(d, "filter", d.filters), self._seed(d, "random", d.filters), observe)
+                              self._seed(d, "filter", d.filters), self._seed(d, "random", d.filters), observe,
+                              self.probe.knows_groups if self.probe and self.probe.decides else self.s.classifier_model)
         if outcome is None:  # nothing says "local" yet: the samples wait
             return
         for sid in outcome.delete:

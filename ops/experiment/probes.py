@@ -46,6 +46,13 @@ class FilterProbe:
 
     group_of: Mapping[str, int]  # raw user id or pseudonym -> hidden group
     runs: dict[str, list[_Run]] = field(default_factory=lambda: defaultdict(list))
+    # True: the filter itself reads the hidden groups (`knows_groups`): what perfect selection gives
+    decides: bool = False
+
+    def knows_groups(self, local: Sequence[Sample], matched: Sequence[Sample], space: object) -> list[float]:
+        """A `core.training.Scorer` outside the method: 1 for a matched sample from the device user's group, else 0."""
+        own = self.group_of.get(local[0].user)
+        return [float(own is not None and self.group_of.get(x.user) == own) for x in matched]
 
     def observe(self, arm: str, local: Sequence[Sample], pending: Sequence[Sample], result: FilterResult) -> None:
         """One run of Algorithm 2 on a device of `arm` (`local`: its positives, `pending`: the matched)."""

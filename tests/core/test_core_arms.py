@@ -151,6 +151,17 @@ def test_select_kept_runs_the_classifier_once_with_the_filter_seed_and_lets_the_
     assert nothing is not None and nothing.keep == {} and nothing.delete == ids
 
 
+def test_select_kept_hands_the_classifier_model_on() -> None:
+    """With the centroid, coda keeps what `filter_matched` keeps and coda_random draws as many."""
+    local = _samples("me", 60, range(8), 1)
+    pending = _samples("alike", 30, range(8), 2) + _samples("other", 30, range(16, 24), 3)
+    result = filter_matched(local, pending, SPACE, 0.5, 1 / 3, 11, model="centroid")
+    coda = select_kept(REGISTRY["coda"], local, pending, SPACE, 0.5, 1 / 3, 11, 12, None, "centroid")
+    assert coda is not None and set(coda.keep) == {x.sample_id for x in result.kept} == {x.sample_id for x in pending[:30]}
+    drawn = select_kept(REGISTRY["coda_random"], local, pending, SPACE, 0.5, 1 / 3, 11, 12, None, "centroid")
+    assert drawn is not None and len(drawn.keep) == 30
+
+
 def test_without_local_samples_classifying_arms_wait_and_the_others_do_not() -> None:
     pending = _samples("alike", 10, range(8), 2)
     args = (SPACE, SIGMA, 1 / 3, 11, 12)

@@ -17,6 +17,7 @@ from core.models import state_to_bytes
 from core.sample import Sample
 from core.training import (
     TrainConfig,
+    centroid_scores,
     filter_matched,
     global_model_from_bytes,
     model_for_space,
@@ -129,6 +130,32 @@ def test_filter_without_local_or_matched_keeps_nothing() -> None:
     assert filter_matched(local, [], SPACE).kept == []
     only_train = filter_matched(local, matched[:1], SPACE)
     assert only_train.kept == [] and len(only_train.classifier_train_ids) == 1
+
+
+def test_centroid_scores_the_cosine_to_the_local_mean_histogram() -> None:
+    """Same histogram as the local mean: 1; disjoint tags: 0; empty sequence: 0; halfway between: 1/√2."""
+    def one(user: str, seq_tags: tuple[tuple[int, ...], ...]) -> Sample:
+        return Sample(user, user, 0, 1, (1,), tuple(range(len(seq_tags))), seq_tags, (0,), 0)
+
+    local = [one("l1", ((0,), (0,))), one("l2", ((0,),))]
+    matched = [one("same", ((0,),)), one("other", ((5,),)), one("empty", ()), one("half", ((0,), (5,)))]
+    scores = centroid_scores(local, matched, SPACE)
+    assert scores[:3] == [1.0, 0.0, 0.0]
+    assert scores[3] == pytest.approx(2**-0.5, abs=1e-12)
+    assert centroid_scores([one("empty", ())], matched, SPACE) == [0.0] * 4
+
+
+def test_centroid_filter_scores_every_matched_sample_and_keeps_the_alike() -> None:
+    """No negatives are spent; the local tag profile is kept and another dropped at a middling σ."""
+    rng = random.Random(6)
+    local = make_samples("me", 40, LOCAL_TAGS, rng)
+    alike, foreign = make_samples("alike", 30, LOCAL_TAGS, rng), make_samples("foreign", 30, OTHER_TAGS, rng)
+    r = filter_matched(local, alike + foreign, SPACE, sigma=0.5, seed=1, model="centroid")
+    assert r.classifier_train_ids == [] and r.scored_ids == [s.sample_id for s in alike + foreign]
+    assert [s.user for s in r.kept] == ["alike"] * 30
+    assert r == filter_matched(local, alike + foreign, SPACE, sigma=0.5, seed=2, model="centroid")
+    with pytest.raises(ValueError, match="classifier model 'knn'"):
+        filter_matched(local, alike, SPACE, model="knn")
 
 
 def test_filter_is_deterministic_given_seed() -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from test_references import SLICE
 
 from ops.experiment.offline import run_offline
 from ops.experiment.probes import FilterProbe
 from ops.experiment.runner import prepare
 from ops.experiment.tables import tune_lines
-from ops.experiment.tuning import history_match_precision, history_split, known_groups
+from ops.experiment.tuning import KNOWS_GROUPS, history_match_precision, history_split, known_groups, tune
 from streams.settings import Settings
 
 
@@ -52,3 +53,22 @@ def test_the_filter_probe_watches_without_changing_the_run() -> None:
     for arm in out.values():
         assert arm["runs"] > 0 and arm["scored"] > 0 and 0.0 < arm["own_group_share"] < 1.0
         assert all(0.0 <= arm[k] <= 1.0 for k in ("classifier", "classifier_by_source", "outcome_agreement"))
+
+
+def test_a_filter_that_knows_the_groups_selects_perfectly_and_is_never_chosen() -> None:
+    """The ceiling variant: coda keeps exactly the matched samples of the user's own group; tuning
+    records it but chooses among the recipes only; real data (no groups) refuses it."""
+    split = prepare(SLICE)
+    inner = history_split(split, SLICE.history_share)
+    s = SLICE.settings_for(Settings(), "tune", 0).replace(match_feature="clicks", sigma=0.5)
+    probe = FilterProbe(known_groups(split, s), decides=True)
+    run_offline(inner, s, 0, probe=probe)
+    out = probe.summary()["coda"]
+    assert out["runs"] > 0 and out["classifier"] == 1.0 and 0.0 < out["own_group_share"] < 1.0
+    say: list[str] = []
+    ceiling = ("ceiling", {"match_feature": "clicks", "sigma": 0.5, KNOWS_GROUPS: True})
+    one_day = replace(SLICE, seeds=(0,))
+    result = tune(Settings(), split, one_day, say.append, [("clicks", {"match_feature": "clicks"}), ceiling])
+    assert [v["name"] for v in result["variants"]] == ["clicks", "ceiling"] and result["chosen"] == "clicks"
+    with pytest.raises(ValueError, match="reads hidden groups"):
+        tune(Settings(), replace(split, groups=None), one_day, say.append, [ceiling])
