@@ -92,22 +92,24 @@ async def test_coda_pulls_at_day_end_and_follow_ups_stay_in_that_day(tmp_path: P
 
 
 async def _filter_as_the_device(dev: Device, matched: list[Sample], sigma: float) -> FilterResult:
-    """Algorithm 2 rerun with the device's local samples and seed: what its classifier scored."""
+    """Algorithm 2 rerun with the device's local samples, seed and classifier model: what it scored."""
     rt = dev.rt
     async with open_store(rt.pool, dev.dir, rt.limits) as store:
         local = (await store.local_split((START // DAY + 1) * DAY, 3, 7)).classifier
     return filter_matched(local, sorted(matched, key=lambda x: (x.ts, x.sample_id)), rt.space, sigma,
-                          rt.settings.classifier_share, dev._seed("filter", 0))  # noqa: SLF001 - the device's seed
+                          rt.settings.classifier_share, dev._seed("filter", 0),  # noqa: SLF001 - the device's seed
+                          model=rt.settings.classifier_model)
 
 
-async def test_filters_keep_what_each_arm_promises(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("model", "sigma"), [("mlp", 0.5), ("centroid", 0.8)])
+async def test_filters_keep_what_each_arm_promises(tmp_path: Path, model: str, sigma: float) -> None:
     """coda keeps exactly the classifier's picks (score ≥ σ); coda_random as many, but its own random draw
     (not the picks); coda_nofilter every matched sample."""
-    matched, sigma = similar_samples(40, 0), 0.5
+    matched = similar_samples(40, 0)
     kept: dict[str, set[str]] = {}
     picks: dict[str, set[str]] = {}
     for arm in ("coda_nofilter", "coda_random", "coda"):
-        async with arm_device(tmp_path / arm, arm, sigma=sigma) as dev:
+        async with arm_device(tmp_path / arm, arm, sigma=sigma, classifier_model=model) as dev:
             await act(dev, 0, 40)
             await dev.on_batch(batch(dev, "b0", matched))
             kept[arm] = set(await kept_ids(dev))
