@@ -12,6 +12,10 @@ group. It reports the AUC of that separation three ways:
   outcome features, outside the method, so that a classifier at chance is not mistaken for a
   badly trained one (also by source).
 
+Beside them, `picked_share` (the scored samples at or above σ: what coda keeps, and how many
+coda_random draws at random) and `picked_own_group_share` (the own-group share among them, against
+`own_group_share` among all scored): what the selection buys.
+
 An AUC near 0.5 everywhere says the samples do not carry where they came from, whatever
 classifier reads them; the filter can then only thin the matched set, not select from it.
 """
@@ -36,6 +40,7 @@ PRIOR_WEIGHT = 5.0  # pseudo-observations at the overall click rate behind each 
 @dataclass
 class _Run:
     own: np.ndarray  # bool per scored sample: source in the device user's group
+    picked: np.ndarray  # bool per scored sample: score ≥ σ (coda keeps these; coda_random as many at random)
     sources: list[str]
     scores: dict[str, np.ndarray]  # scorer -> per-sample score
 
@@ -64,7 +69,8 @@ class FilterProbe:
         own = np.array([self.group_of.get(x.user) == own_group for x in scored])
         scores = {"classifier": np.array([result.scores[x.sample_id] for x in scored]),
                   "outcome_agreement": outcome_agreement(local, pending, scored)}
-        self.runs[arm].append(_Run(own, [x.user for x in scored], scores))
+        picked = {x.sample_id for x in result.kept}
+        self.runs[arm].append(_Run(own, np.array([x.sample_id in picked for x in scored]), [x.user for x in scored], scores))
 
     def summary(self) -> dict[str, Any]:
         return {arm: _summarise(runs) for arm, runs in sorted(self.runs.items())}
@@ -107,8 +113,10 @@ def by_source(scores: np.ndarray, sources: Sequence[str]) -> np.ndarray:
 
 
 def _summarise(runs: Sequence[_Run]) -> dict[str, Any]:
-    own = np.concatenate([r.own for r in runs])
-    out: dict[str, Any] = {"runs": len(runs), "scored": int(own.size), "own_group_share": round(float(own.mean()), 4)}
+    own, picked = np.concatenate([r.own for r in runs]), np.concatenate([r.picked for r in runs])
+    out: dict[str, Any] = {"runs": len(runs), "scored": int(own.size), "own_group_share": round(float(own.mean()), 4),
+                           "picked_share": round(float(picked.mean()), 4),
+                           "picked_own_group_share": round(float(own[picked].mean()), 4) if picked.any() else None}
     for scorer in ("classifier", "outcome_agreement"):
         out[scorer] = _mean_auc(runs, scorer, pooled=False)
         out[f"{scorer}_by_source"] = _mean_auc(runs, scorer, pooled=True)

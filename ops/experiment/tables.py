@@ -248,11 +248,13 @@ def tune_lines(tu: Mapping[str, Any]) -> list[str]:
     sp = tu["split"]
     header = ("variant", "ΔGAUC coda−M0", "ΔGAUC local−M0", "ΔGAUC coda_random−M0", "ΔGAUC coda_nofilter−M0",
               "Δlogloss coda−M0", "own-group neighbours, validation / test cut",
-              "coda's filter, own-group AUC: classifier, by source; naive Bayes, by source")
+              "coda's filter, own-group AUC: classifier, by source; naive Bayes, by source",
+              "coda's filter keeps: share of scored; own group among kept / among scored")
     rows = [(v["name"], *(_signed(v[f"{arm}_vs_global"].get("gauc"))
                           for arm in ("coda", "local", "coda_random", "coda_nofilter")),
              _signed(v["coda_vs_global"].get("logloss")), _precision(v.get("match_precision_on_history")),
-             _selectivity((v.get("filter_selectivity") or {}).get("coda")))
+             _selectivity((v.get("filter_selectivity") or {}).get("coda")),
+             _picked((v.get("filter_selectivity") or {}).get("coda")))
             for v in tu["variants"]]
     return ["## Tuning within the method, on the history only", "",
             f"Variants scored on a validation experiment cut from the history days ({sp['history_days']} pool days, "
@@ -262,7 +264,8 @@ def tune_lines(tu: Mapping[str, Any]) -> list[str]:
             "at the validation cut and at the test cut (synthetic data). The filter's own-group AUC: how well "
             "the coda arm's classifier scores on the validation days tell matched samples of the user's own "
             "group from the rest, sample by sample and averaged over each source user's samples in a run, beside "
-            "a per-tag naive-Bayes reading of the same outcomes (0.5: the scores do not know the source). "
+            "a per-tag naive-Bayes reading of the same outcomes (0.5: the scores do not know the source); what the "
+            "filter keeps (coda_random draws as many at random) and the own-group share among them against all scored. "
             f"Chosen (best ΔGAUC coda − M0): **{tu.get('chosen')}**.", "", *_table(header, rows), ""]
 
 
@@ -277,6 +280,12 @@ def _selectivity(f: Mapping[str, Any] | None) -> str:
         return "–"
     return (f"{_num(f.get('classifier'))}, {_num(f.get('classifier_by_source'))}; "
             f"{_num(f.get('outcome_agreement'))}, {_num(f.get('outcome_agreement_by_source'))}")
+
+
+def _picked(f: Mapping[str, Any] | None) -> str:
+    if not f or f.get("picked_share") is None:  # runs before the probe counted what the filter keeps
+        return "–"
+    return f"{_num(f['picked_share'])}; {_num(f.get('picked_own_group_share'))} / {_num(f.get('own_group_share'))}"
 
 
 def _offline_agreement(off: Mapping[str, Any]) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
@@ -16,8 +18,8 @@ def _sample(sid: str, user: str, tag: int, label: int) -> Sample:
     return Sample(sid, user, 0, tag, (tag,), (), (), (), label)
 
 
-def _result(scores: dict[str, float]) -> FilterResult:
-    return FilterResult([], scores, [], list(scores))
+def _result(scores: dict[str, float], kept: Sequence[Sample] = ()) -> FilterResult:
+    return FilterResult(list(kept), scores, [], list(scores))
 
 
 def test_by_source_averages_each_sources_samples() -> None:
@@ -41,13 +43,14 @@ def test_probe_reads_a_perfect_and_a_blind_classifier() -> None:
     perfect = {x.sample_id: 1.0 if groups[x.user] == 0 else 0.0 for x in pending}
     blind = dict.fromkeys(perfect, 0.5)
     probe = FilterProbe(groups)
-    probe.observe("coda", local, pending, _result(perfect))
+    probe.observe("coda", local, pending, _result(perfect, [x for x in pending if perfect[x.sample_id] == 1.0]))
     probe.observe("coda_random", local, pending, _result(blind))
     probe.observe("coda", [_sample("l2", "stranger", 1, 1)], pending, _result(perfect))  # no known group: skipped
     out = probe.summary()
     assert out["coda"]["runs"] == 1 and out["coda"]["scored"] == 12 and out["coda"]["own_group_share"] == 0.5
     assert out["coda"]["classifier"] == 1.0 and out["coda"]["classifier_by_source"] == 1.0
     assert out["coda_random"]["classifier"] == 0.5 and out["coda_random"]["classifier_by_source"] == 0.5
+    assert out["coda"]["picked_share"] == 0.5 and out["coda"]["picked_own_group_share"] == 1.0
 
 
 def test_a_run_with_one_class_gives_no_auc() -> None:

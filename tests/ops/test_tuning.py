@@ -33,9 +33,11 @@ def test_tune_table_shows_matching_per_variant() -> None:
     variant = {"name": "clicks", **{f"{arm}_vs_global": lift for arm in ("coda", "local", "coda_random", "coda_nofilter")},
                "match_precision_on_history": {"validation_cut": 0.5944, "test_cut": 0.5767},
                "filter_selectivity": {"coda": {"classifier": 0.5031, "classifier_by_source": 0.5113,
-                                               "outcome_agreement": 0.5127, "outcome_agreement_by_source": 0.5293}}}
+                                               "outcome_agreement": 0.5127, "outcome_agreement_by_source": 0.5293,
+                                               "own_group_share": 0.52, "picked_share": 0.8, "picked_own_group_share": 0.55}}}
     text = "\n".join(tune_lines({"split": {"history_days": 4, "live_days": 4}, "variants": [variant], "chosen": "clicks"}))
     assert "| clicks |" in text and "0.5944 / 0.5767" in text and "0.5031, 0.5113; 0.5127, 0.5293" in text
+    assert "| 0.8000; 0.5500 / 0.5200 |" in text
     old = {k: v for k, v in variant.items() if k not in ("match_precision_on_history", "filter_selectivity")}
     assert "| – | – |" in "\n".join(tune_lines({"split": {"history_days": 4, "live_days": 4}, "variants": [old]}))
 
