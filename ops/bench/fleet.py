@@ -62,8 +62,8 @@ def say(msg: str) -> None:
 
 def run(out: Path, quick: bool, settings: Settings, fleets: tuple[int, ...] = (1,),
         large: bool = False, large_only: bool = False) -> dict[str, Any]:
-    """Each size three ways; `large` adds a daily cycle of `LARGE_SIZE` devices in one fleet process,
-    `large_only` runs that cycle alone."""
+    """Each size three ways; `large` adds a daily cycle of `LARGE_SIZE` devices, `large_only` runs that
+    cycle alone; the fleet ways and the cycle run `fleets[0]` fleet processes in one consumer group."""
     sizes = () if large_only else QUICK_SIZES if quick else SIZES
     large = large or large_only
     flower_cap = QUICK_FLOWER_CAP_S if quick else FLOWER_CAP_S
@@ -89,7 +89,8 @@ def _markdown(runs: list[dict[str, Any]], cycle: dict[str, Any] | None, flower_c
 def _cycle_markdown(cycle: dict[str, Any] | None) -> str:
     if cycle is None:
         return ""
-    return (f"\nDaily cycle of {cycle['devices']:,} devices in one fleet process: {cycle['seconds']:.0f} s "
+    where = "one fleet process" if cycle["processes"] == 1 else f"{cycle['processes']} fleet processes"
+    return (f"\nDaily cycle of {cycle['devices']:,} devices in {where}: {cycle['seconds']:.0f} s "
             f"({cycle['devices_per_s']:.1f} devices/s, {cycle['cpu_s_per_device']:.3f} CPU s a device), "
             f"peak RSS {cycle['rss_mb_peak']:.0f} MB.\n")
 
@@ -177,7 +178,7 @@ async def _one(base: Settings, scratch: Path, n: int, fleets: tuple[int, ...], f
 
 
 async def _large_cycle(base: Settings, scratch: Path, processes: int) -> dict[str, Any]:
-    """`LARGE_SIZE` devices' daily cycle in one fleet process (the scale target), timed like the sizes."""
+    """`LARGE_SIZE` devices' daily cycle in `processes` fleet processes (the scale target), timed like the sizes."""
     devices, payloads = _job(base, LARGE_SIZE)
     cycle = await _fleet(base, scratch, devices, payloads, processes)
     say(f"{LARGE_SIZE} devices, daily cycle: {cycle['seconds']:.0f} s, {cycle['devices_per_s']:.1f} devices/s")

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fleet: only the 10,000-device daily cycle (the sizes and Flower left out)")
     parser.add_argument("--users", type=int, help="scale: users in the cloud workers' log (default 1,000; --quick 120)")
     parser.add_argument("--devices", type=int, help="scale: devices in the fleets' daily cycle (default 400; --quick 40)")
+    parser.add_argument("--fleet-processes", type=int,
+                        help="fleet: fleet processes in the consumer group for every size and the 10,000-device "
+                             "cycle (default 1)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -44,6 +47,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit(f"--users and --devices size the scale suite, not {args.suite}")
     if sized:
         kwargs["sizes"] = sized
+    if (processes := getattr(args, "fleet_processes", None)) is not None:
+        if "fleets" not in inspect.signature(module.run).parameters:
+            raise SystemExit(f"--fleet-processes is a fleet option, not {args.suite}'s")
+        if processes < 1:
+            raise SystemExit(f"--fleet-processes must be at least 1, got {processes}")
+        kwargs["fleets"] = (processes,)
     module.run(out, args.quick, **kwargs)
     print(out.with_suffix(".md").read_text())
     print(f"wrote {out}")

@@ -133,10 +133,24 @@ def test_fleet_report_of_the_large_cycle_alone() -> None:
     from ops.bench import fleet
 
     cycle = {"devices": 10_000, "seconds": 512.3, "devices_per_s": 19.5, "cpu_s_per_device": 0.0512,
-             "rss_mb_peak": 401.0}
+             "rss_mb_peak": 401.0, "processes": 1}
     md = fleet._markdown([], cycle, 600.0)
     assert "| devices |" not in md
     assert "10,000 devices in one fleet process: 512 s (19.5 devices/s, 0.051 CPU s a device)" in md
+    assert "10,000 devices in 2 fleet processes: 512 s" in fleet._markdown([], {**cycle, "processes": 2}, 600.0)
+
+
+@pytest.mark.parametrize(("suite", "processes", "refusal"), [("stages", 2, "fleet option"), ("fleet", 0, "at least 1")])
+def test_fleet_processes_are_refused_outside_the_fleet_suite_or_below_one(
+        tmp_path: Path, suite: str, processes: int, refusal: str) -> None:
+    import argparse
+
+    from ops.cli import cmd_bench
+
+    args = argparse.Namespace(suite=suite, out=tmp_path / "s.json", quick=True, sources=None, large=False,
+                              large_only=False, fleet_processes=processes)
+    with pytest.raises(SystemExit, match=refusal):
+        cmd_bench.run(args, Settings())
 
 
 def test_large_only_is_refused_outside_the_fleet_suite(tmp_path: Path) -> None:
