@@ -142,6 +142,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         results = run_experiment(settings, split, params, say, args.offline, args.keep_state, args.parallel,
                                  args.out, phases)
+    results["settings"] = params.recorded_settings(settings)  # params alone miss environment overrides
     if args.sweep:
         with phase(phases, "sweep"):
             results["sweep"] = sweep(settings, split, params, say, args.sweep_k, args.sweep_sigma)

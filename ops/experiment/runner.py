@@ -99,6 +99,11 @@ class Params:
             fetch_max_wait_ms=self.fetch_max_wait_ms, **{**RECIPES[self.recipe], "sigma": self.sigma})
         return scoped.replace(index_url=self.index_url) if self.index_url else scoped
 
+    def recorded_settings(self, root: Settings) -> dict[str, dict[str, Any]]:
+        """The matching and device settings the runs used (recipe, σ and environment overrides applied)."""
+        ran = self.settings_for(root, "experiment", self.seeds[0])
+        return {name: ran.section(name) for name in ("matching", "device")}
+
 
     def generator_options(self) -> dict[str, Any]:
         if self.scenario not in SCENARIOS:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 from ops.experiment import abtest
 from ops.experiment.references import REFERENCE_SEED, Recipe, reference_rows
 from ops.experiment.runner import Params, prepare
@@ -71,3 +74,14 @@ def test_a_device_starts_with_the_sequence_the_cloud_would_build() -> None:
             assert history.items == whole[events[0].user_id].items and len(history.items) == len(events)
         if actions == "clicks":
             assert all(ev.label == 1 or ev.action == "click" for _, events in past for ev in events)
+
+
+def test_the_run_records_the_settings_it_used_with_the_recipe_and_overrides() -> None:
+    """results.json's `settings`: the recipe's choices, σ, and what the environment changed (the centroid)."""
+    root = Settings(classifier_model="centroid", seq_len=12)
+    recorded = replace(SLICE, recipe="tuned", sigma=0.75).recorded_settings(root)
+    assert set(recorded) == {"matching", "device"}
+    assert recorded["device"]["classifier_model"] == "centroid" and recorded["device"]["sigma"] == 0.75
+    assert recorded["device"]["train_patience"] == 2 and recorded["matching"]["sequence_actions"] == "clicks"
+    assert recorded["matching"]["seq_len"] == 12 and recorded["matching"]["k_neighbours"] == SLICE.k
+    json.dumps(recorded)  # goes into results.json as it is
