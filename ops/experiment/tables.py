@@ -249,12 +249,14 @@ def tune_lines(tu: Mapping[str, Any]) -> list[str]:
     header = ("variant", "ΔGAUC coda−M0", "ΔGAUC local−M0", "ΔGAUC coda_random−M0", "ΔGAUC coda_nofilter−M0",
               "Δlogloss coda−M0", "own-group neighbours, validation / test cut",
               "coda's filter, own-group AUC: classifier, by source; naive Bayes, by source",
-              "coda's filter keeps: share of scored; own group among kept / among scored")
+              "coda's filter keeps: share of scored; own group among kept / among scored",
+              "ΔGAUC coda−coda_random, users in both")
     rows = [(v["name"], *(_signed(v[f"{arm}_vs_global"].get("gauc"))
                           for arm in ("coda", "local", "coda_random", "coda_nofilter")),
              _signed(v["coda_vs_global"].get("logloss")), _precision(v.get("match_precision_on_history")),
              _selectivity((v.get("filter_selectivity") or {}).get("coda")),
-             _picked((v.get("filter_selectivity") or {}).get("coda")))
+             _picked((v.get("filter_selectivity") or {}).get("coda")),
+             _signed((v.get("coda_vs_coda_random") or {}).get("gauc")))
             for v in tu["variants"]]
     return ["## Tuning within the method, on the history only", "",
             f"Variants scored on a validation experiment cut from the history days ({sp['history_days']} pool days, "

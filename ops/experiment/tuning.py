@@ -136,7 +136,9 @@ def tune(settings: Settings, split: Split, params: Params, say: Callable[[str], 
         cell = {"name": name, "changes": variant, "match_precision_on_history": precision,
                 "filter_selectivity": probe.summary() if probe else None,
                 "arms": {arm: abtest.point_metrics(by_arm[arm]) for arm in ARMS},
-                **{f"{arm}_vs_global": abtest.paired_lift(by_arm[arm], base, 200) for arm in ARMS if arm != "cloud"}}
+                **{f"{arm}_vs_global": abtest.paired_lift(by_arm[arm], base, 200) for arm in ARMS if arm != "cloud"},
+                # paired on the users seen in both arms: none with one seed, all of them with five
+                "coda_vs_coda_random": abtest.paired_lift(by_arm["coda"], by_arm["coda_random"], 200)}
         out["variants"].append(cell)
         say(f"tune {name}: ΔGAUC coda−M0 {_v(cell['coda_vs_global'], 'gauc')}, "
             f"local−M0 {_v(cell['local_vs_global'], 'gauc')}, coda_random−M0 {_v(cell['coda_random_vs_global'], 'gauc')}")

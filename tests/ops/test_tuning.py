@@ -37,7 +37,10 @@ def test_tune_table_shows_matching_per_variant() -> None:
                                                "own_group_share": 0.52, "picked_share": 0.8, "picked_own_group_share": 0.55}}}
     text = "\n".join(tune_lines({"split": {"history_days": 4, "live_days": 4}, "variants": [variant], "chosen": "clicks"}))
     assert "| clicks |" in text and "0.5944 / 0.5767" in text and "0.5031, 0.5113; 0.5127, 0.5293" in text
-    assert "| 0.8000; 0.5500 / 0.5200 |" in text
+    assert "| 0.8000; 0.5500 / 0.5200 | – |" in text  # coda − coda_random: no users in both arms
+    paired = {**variant, "coda_vs_coda_random": {"users": 600, "gauc": {"value": 0.012, "lo": 0.004, "hi": 0.02}}}
+    assert "| +0.0120 [+0.0040, +0.0200] |" in "\n".join(tune_lines({"split": {"history_days": 4, "live_days": 4},
+                                                                      "variants": [paired]}))
     old = {k: v for k, v in variant.items() if k not in ("match_precision_on_history", "filter_selectivity")}
     assert "| – | – |" in "\n".join(tune_lines({"split": {"history_days": 4, "live_days": 4}, "variants": [old]}))
 
@@ -72,5 +75,6 @@ def test_a_filter_that_knows_the_groups_selects_perfectly_and_is_never_chosen() 
     one_day = replace(SLICE, seeds=(0,))
     result = tune(Settings(), split, one_day, say.append, [("clicks", {"match_feature": "clicks"}), ceiling])
     assert [v["name"] for v in result["variants"]] == ["clicks", "ceiling"] and result["chosen"] == "clicks"
+    assert result["variants"][1]["coda_vs_coda_random"] == {"users": 0}  # one seed: one arm a user
     with pytest.raises(ValueError, match="reads hidden groups"):
         tune(Settings(), replace(split, groups=None), one_day, say.append, [ceiling])
