@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -371,12 +372,12 @@ class Device:
             if not local:
                 return 0  # nothing says "local" yet: the samples wait (and count toward the limit)
         seeds = self._seed("filter", st.filters), self._seed("random", st.filters)
-        args = (self.arm, local, pending, self.rt.space, self.s.sigma, self.s.classifier_share, *seeds, None,
-                self.s.classifier_model)
+        args = (self.arm, local, pending, self.rt.space, self.s.sigma, self.s.classifier_share, *seeds)
+        select = partial(select_kept, model=self.s.classifier_model)
         if self.arm.classifies:  # torch work: on the executor, timed
-            outcome, wall, cpu = await self.rt.run(select_kept, *args)
+            outcome, wall, cpu = await self.rt.run(select, *args)
         else:
-            outcome, wall, cpu = select_kept(*args), 0.0, 0.0
+            outcome, wall, cpu = select(*args), 0.0, 0.0
         if outcome is None:  # select_kept's own "no local samples": ruled out above, before the executor
             return 0
         await store.apply_filter(outcome)

@@ -142,12 +142,12 @@ class Settings(BaseModel):
     batches_per_day: Count = field(default=12, metadata=_env("batches_per_day"))
     match_window_days: Count = field(default=7, metadata=_env("match_window_days"))
     # --- device (paper sections 3.3, 3.4, 4.4): the filter, Algorithm 3, the models and the fleet -----
-    # Algorithm 2's classifier input: "sequence" (the paper) or "outcome" (plus the sample's
-    # clicked-or-passed target tags)
     # Algorithm 2's classifier: "mlp" (the paper: a two-class model trained on local against
     # classifier_share of the matched samples) or "centroid" (a matched sample's score is the
     # cosine of its behaviour-sequence histogram to the local samples' mean: no training, no negatives)
     classifier_model: Literal["mlp", "centroid"] = field(default="mlp", metadata=_env("classifier_model"))
+    # Algorithm 2's classifier input: "sequence" (the paper) or "outcome" (plus the sample's
+    # clicked-or-passed target tags)
     classifier_input: Literal["sequence", "outcome"] = field(default="sequence", metadata=_env("classifier_input"))
     classifier_share: Share = field(default=1 / 3, metadata=_env("classifier_share"))
     sigma: Probability = field(default=0.2, metadata=_env("sigma"))

@@ -213,6 +213,8 @@ class Offline:
     def __init__(self, s: Settings, global_model: DIN, cloud: Cloud, probe: FilterProbe | None = None) -> None:
         self.s = s
         self.probe = probe
+        # Algorithm 2's classifier; a probe that decides replaces it with the hidden groups (tuning's ceiling)
+        self.filter_model = probe.knows_groups if probe is not None and probe.decides else s.classifier_model
         self.space = s.features
         self.cloud = cloud
         self.m0 = global_model
@@ -350,7 +352,7 @@ class Offline:
         observe = None if self.probe is None else partial(self.probe.observe, d.arm.name, local, pending)
         outcome = select_kept(d.arm, local, pending, self.space, self.s.sigma, self.s.classifier_share,
                               self._seed(d, "filter", d.filters), self._seed(d, "random", d.filters), observe,
-                              self.probe.knows_groups if self.probe and self.probe.decides else self.s.classifier_model)
+                              self.filter_model)
         if outcome is None:  # nothing says "local" yet: the samples wait
             return
         for sid in outcome.delete:

@@ -104,7 +104,6 @@ class Params:
         ran = self.settings_for(root, "experiment", self.seeds[0])
         return {name: ran.section(name) for name in ("matching", "device")}
 
-
     def generator_options(self) -> dict[str, Any]:
         if self.scenario not in SCENARIOS:
             raise ValueError(f"scenario {self.scenario!r}: expected one of {', '.join(SCENARIOS)}")
