@@ -22,10 +22,12 @@ classifier reads them; the filter can then only thin the matched set, not select
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,17 @@ from core.sample import Sample
 from core.training import FilterResult
 
 PRIOR_WEIGHT = 5.0  # pseudo-observations at the overall click rate behind each tag's rate
+
+
+def noise_std_for_auc(target: float) -> float:
+    """The s for which 1 + N(0, s²) against N(0, s²) separates at AUC `target` (0.5 < target < 1)."""
+    return 1.0 / (math.sqrt(2.0) * NormalDist().inv_cdf(target))
+
+
+def _fixed_normal(user: str, sample_id: str) -> float:
+    """A standard normal draw fixed by (user, sample id): the same noise whenever the pair is scored."""
+    digest = hashlib.blake2b(f"{user}|{sample_id}".encode(), digest_size=8).digest()
+    return float(np.random.default_rng(int.from_bytes(digest, "big")).standard_normal())
 
 
 @dataclass
@@ -53,11 +66,27 @@ class FilterProbe:
     runs: dict[str, list[_Run]] = field(default_factory=lambda: defaultdict(list))
     # True: the filter itself reads the hidden groups (`knows_groups`): what perfect selection gives
     decides: bool = False
+    # how well that filter knows them: the AUC its scores give own-group against other samples
+    # (1.0: perfectly; less: each score blurred by fixed Gaussian noise, see `knows_groups`)
+    knowledge: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.knowledge <= 1.0:
+            raise ValueError(f"filter knowledge is an AUC in (0.5, 1], got {self.knowledge}")
 
     def knows_groups(self, local: Sequence[Sample], matched: Sequence[Sample], space: object) -> list[float]:
-        """A `core.training.Scorer` outside the method: 1 for a matched sample from the device user's group, else 0."""
+        """A `core.training.Scorer` outside the method: 1 for a matched sample from the device user's group, else 0.
+
+        Below full `knowledge` each score gets noise of the std that puts the own-group AUC there
+        (1 + N(0, s²) against N(0, s²): AUC = Φ(1 / (s√2))), drawn from the device user and the
+        sample's id, so a sample scores the same on every run: how good must a filter be?
+        """
         own = self.group_of.get(local[0].user)
-        return [float(own is not None and self.group_of.get(x.user) == own) for x in matched]
+        scores = [float(own is not None and self.group_of.get(x.user) == own) for x in matched]
+        if self.knowledge == 1.0:
+            return scores
+        s = noise_std_for_auc(self.knowledge)
+        return [v + s * _fixed_normal(local[0].user, x.sample_id) for v, x in zip(scores, matched, strict=True)]
 
     def observe(self, arm: str, local: Sequence[Sample], pending: Sequence[Sample], result: FilterResult) -> None:
         """One run of Algorithm 2 on a device of `arm` (`local`: its positives, `pending`: the matched)."""

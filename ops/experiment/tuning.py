@@ -18,7 +18,8 @@ _OUTCOME = {**_CLICKS, "classifier_input": "outcome"}
 _EPOCHS = {**_OUTCOME, "gate": "epoch", "train_epochs": 5}
 _CLICKSEQ = {**_EPOCHS, "sigma": 0.02, "classifier_share": 0.02, "sequence_actions": "clicks"}
 # not a setting: the variant's filter reads the hidden groups (synthetic data only), scoring 1 for a
-# matched sample of the user's own group and 0 for the rest — a ceiling for Algorithm 2, not a recipe
+# matched sample of the user's own group and 0 for the rest — a ceiling for Algorithm 2, not a recipe.
+# True: it knows them perfectly; a number in (0.5, 1): it tells them apart at that AUC (noisy scores)
 KNOWS_GROUPS = "filter_knows_groups"
 # (name, settings changes): the paper, then one stage of the funnel at a time — the matching
 # feature, the classifier's input, the gate and passes of Algorithm 3, the filter's threshold σ,
@@ -66,6 +67,10 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     # the same with a filter that knows the groups: perfect selection, against its random control
     # (as many drawn at random) and against keeping every matched sample (coda_nofilter)
     ("tuned+patience=2+filter-knows-groups", {**_CLICKSEQ, "train_patience": 2, "sigma": 0.5, KNOWS_GROUPS: True}),
+    # ... and knowing them only in part: how well must a filter tell the user's group apart before
+    # selecting beats its random control? (σ 0.5 still keeps about half: the noise is symmetric)
+    *((f"tuned+patience=2+filter-knows-groups-auc={auc}",
+       {**_CLICKSEQ, "train_patience": 2, "sigma": 0.5, KNOWS_GROUPS: auc}) for auc in (0.6, 0.75, 0.9)),
     ("clicks+outcome+epoch3+sigma=0.05", {**_EPOCHS, "train_epochs": 3, "sigma": 0.05}),
     ("clicks+outcome+epoch5+batch64", {**_EPOCHS, "train_batch": 64, "device_learning_rate": 0.015}),
     ("clicks+outcome+epoch5+t1", {**_EPOCHS, "lifecycle_t_days": 1}),
@@ -125,7 +130,7 @@ def tune(settings: Settings, split: Split, params: Params, say: Callable[[str], 
         if variant.get(KNOWS_GROUPS) and not split.groups:
             raise ValueError(f"tuning variant {name}: its filter reads hidden groups, which {split.name} does not have")
         matching = params.settings_for(settings, "tune", 0).replace(**changes)
-        probe = FilterProbe(known_groups(split, matching), decides=bool(variant.get(KNOWS_GROUPS))) if split.groups else None
+        probe = _probe(split, matching, variant.get(KNOWS_GROUPS)) if split.groups else None
         for seed in params.seeds:
             s = params.settings_for(settings, "tune", seed).replace(**changes)
             rows += run_offline(inner, s, seed, params.global_seed, probe=probe).rows
@@ -146,6 +151,12 @@ def tune(settings: Settings, split: Split, params: Params, say: Callable[[str], 
               if not c["changes"].get(KNOWS_GROUPS)]  # a ceiling, never a recipe
     out["chosen"] = max(scored)[1] if scored else None
     return out
+
+
+def _probe(split: Split, s: Settings, knows: bool | float | None) -> FilterProbe:
+    """The variant's probe: it only watches, or (KNOWS_GROUPS) it is the filter, at that AUC."""
+    knowledge = 1.0 if knows is True or not knows else float(knows)
+    return FilterProbe(known_groups(split, s), decides=bool(knows), knowledge=knowledge)
 
 
 def history_match_precision(split: Split, s: Settings) -> float | None:

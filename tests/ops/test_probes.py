@@ -9,6 +9,7 @@ import pytest
 
 from core.arms import arm_named, select_kept
 from core.features import FeatureSpace
+from core.metrics import auc
 from core.sample import Sample
 from core.training import FilterResult
 from ops.experiment.probes import FilterProbe, by_source, outcome_agreement
@@ -68,3 +69,23 @@ def test_select_kept_shows_the_observer_every_scored_sample() -> None:
     outcome = select_kept(arm_named("coda"), local, pending, space, 0.5, 1 / 3, 7, 8, seen.append)
     assert outcome is not None and len(seen) == 1
     assert len(seen[0].scored_ids) == 20 and set(outcome.keep) <= set(seen[0].scored_ids)
+
+
+@pytest.mark.parametrize("knowledge", [0.6, 0.75, 0.9, 1.0])
+def test_a_filter_that_knows_the_groups_in_part_separates_them_at_that_auc(knowledge: float) -> None:
+    """Noisy knowledge: own-group AUC at the asked value, about half above σ 0.5, the same score every time."""
+    groups = {f"u{i}": i % 2 for i in range(100)}
+    local = [_sample("l", "u0", 1, 1)]
+    matched = [_sample(f"s{j}", f"u{j % 100}", 1, 0) for j in range(8000)]
+    probe = FilterProbe(groups, decides=True, knowledge=knowledge)
+    scores = np.array(probe.knows_groups(local, matched, None))
+    own = np.array([groups[x.user] == 0 for x in matched])
+    assert auc(own, scores) == pytest.approx(knowledge, abs=0.015)
+    assert 0.45 < float((scores >= 0.5).mean()) < 0.55
+    assert probe.knows_groups(local, matched[:50], None) == scores[:50].tolist()
+
+
+@pytest.mark.parametrize("knowledge", [0.5, 0.3, 1.2])
+def test_filter_knowledge_outside_an_informative_auc_is_refused(knowledge: float) -> None:
+    with pytest.raises(ValueError, match="AUC in"):
+        FilterProbe({}, decides=True, knowledge=knowledge)
