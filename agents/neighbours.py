@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import faust
 
 from agents.context import CloudContext
 from agents.plan import Plan, perform
 from agents.state import EventTableState, KeyedState
-from agents.vectors import AnyUserState, UserTables, recent_samples
+from agents.vectors import AnyUserState, StoredSample, UserTables, recent_window
 from core.matching import most_recent_unserved
-from core.sample import Sample
 from streams.schemas import IdList, NeighbourQuery, NeighbourSamples, RecentSamples, SampleRecord
 from streams.settings import Settings
 
@@ -34,7 +35,7 @@ def answer(query: NeighbourQuery, partition: int, users: KeyedState[AnyUserState
         if state is None:
             continue
         key = served_key(query.device, neighbour)
-        recent_of = recent_samples(recent, neighbour, state, settings.match_window_days)
+        recent_of = recent_window(recent, neighbour, state, settings.match_window_days)
         chosen, redelivered, after = pick(query, recent_of, marked.get(key) or served.get(key) or IdList())
         if redelivered:
             plan.count("redelivered_queries")
@@ -48,7 +49,7 @@ def answer(query: NeighbourQuery, partition: int, users: KeyedState[AnyUserState
     return plan
 
 
-def pick(query: NeighbourQuery, recent: list[Sample],
+def pick(query: NeighbourQuery, recent: Sequence[StoredSample],
          before: IdList) -> tuple[list[SampleRecord], bool, IdList | None]:
     """One neighbour's samples for the query (newest first), whether it is a redelivery, the new served set.
 
@@ -57,7 +58,7 @@ def pick(query: NeighbourQuery, recent: list[Sample],
     reqs = before.reqs if len(before.reqs) == len(before.ids) else [""] * len(before.ids)
     taken = {i for i, r in zip(before.ids, reqs, strict=True) if r == query.request_id}
     if taken:  # redelivered: the same answer, newest first as before
-        return [SampleRecord.of(c) for c in reversed(recent) if c.sample_id in taken], True, None
+        return [SampleRecord.of(c.sample()) for c in reversed(recent) if c.sample_id in taken], True, None
     already = {i for i, ts in zip(before.ids, before.ts, strict=True) if ts >= query.since_ts}
     chosen = most_recent_unserved(recent, already, query.want, query.since_ts)
     if not chosen:
@@ -65,7 +66,7 @@ def pick(query: NeighbourQuery, recent: list[Sample],
     kept = [(i, t, r) for i, t, r in zip(before.ids, before.ts, reqs, strict=True) if t >= query.since_ts]
     kept += [(c.sample_id, c.ts, query.request_id) for c in chosen]
     after = IdList([i for i, _, _ in kept], [t for _, t, _ in kept], [r for _, _, r in kept])
-    return [SampleRecord.of(c) for c in chosen], False, after
+    return [SampleRecord.of(c.sample()) for c in chosen], False, after
 
 
 def register(ctx: CloudContext, tables: UserTables) -> None:

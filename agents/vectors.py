@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
+from typing import overload
 
 import faust
 
@@ -92,13 +95,60 @@ def stored_samples(recent: KeyedState[RecentSamples], user: str, day: int) -> li
     return stored.samples.to_samples(user) if stored is not None else []
 
 
-def recent_samples(recent: KeyedState[RecentSamples], user: str, state: AnyUserState,
-                   window_days: int) -> list[Sample]:
+@dataclass(frozen=True, slots=True)
+class StoredSample:
+    """One of a user's stored samples by id and time; the whole sample is built only when served."""
+
+    sample_id: str
+    ts: int
+    user: str
+    stored: SampleSet
+    index: int
+
+    def sample(self) -> Sample:
+        return self.stored.sample_at(self.index, self.user)
+
+
+class RecentWindow(Sequence[StoredSample]):
+    """A user's newest in-window samples, oldest first, over the stored day sets without copying them.
+
+    Answering a neighbour query reads a few newest ids of each of K neighbours: building all of
+    their up to KEEP_RECENT samples was most of a pull's cost in the cloud.
+    """
+
+    def __init__(self, user: str, day_sets: Sequence[SampleSet], keep: int = KEEP_RECENT) -> None:
+        self.user, self._sets = user, [x for x in day_sets if len(x)]
+        self._ends = list(accumulate(len(x) for x in self._sets))
+        total = self._ends[-1] if self._ends else 0
+        self._skip = max(0, total - keep)  # the oldest beyond `keep` are out
+        self._len = total - self._skip
+
+    def __len__(self) -> int:
+        return self._len
+
+    @overload
+    def __getitem__(self, i: int) -> StoredSample: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[StoredSample]: ...
+    def __getitem__(self, i: int | slice) -> StoredSample | list[StoredSample]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._len))]
+        if not -self._len <= i < self._len:
+            raise IndexError(i)
+        at = (i % self._len) + self._skip
+        n = bisect_right(self._ends, at)
+        stored, j = self._sets[n], at - (self._ends[n - 1] if n else 0)
+        return StoredSample(stored.ids[j], stored.ts[j], self.user, stored, j)
+
+
+def recent_window(recent: KeyedState[RecentSamples], user: str, state: AnyUserState,
+                  window_days: int) -> RecentWindow:
     """The user's newest in-window samples, oldest first (what `most_recent_unserved` takes)."""
     if isinstance(state, UserStateV1):
-        return [r.to_sample() for r in state.recent]
+        return RecentWindow(user, [SampleSet.of([r.to_sample() for r in state.recent])])
     days = window_of(state.last_ts, window_days)
-    return [x for day in days for x in stored_samples(recent, user, day)][-KEEP_RECENT:]
+    day_sets = [stored.samples for day in days if (stored := recent.get(recent_key(user, day))) is not None]
+    return RecentWindow(user, day_sets)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 from core.sample import DAY, Sample
 
 K = TypeVar("K")
+
+
+class Stamped(Protocol):
+    """What choosing a neighbour's answer reads of a sample: its id and its time."""
+
+    @property
+    def sample_id(self) -> str: ...
+
+    @property
+    def ts(self) -> int: ...
+
+
+S = TypeVar("S", bound=Stamped)
 
 
 def window_start_ts(day: int, window_days: int) -> int:
@@ -31,8 +44,12 @@ def group_by_partition(neighbours: Iterable[str], partition_of: Callable[[str], 
     return groups
 
 
-def most_recent_unserved(recent: Sequence[Sample], served: set[str], want: int, since_ts: int) -> list[Sample]:
-    """A neighbour's answer: its newest in-window samples this device has not been sent."""
+def most_recent_unserved(recent: Sequence[S], served: Container[str], want: int, since_ts: int) -> list[S]:
+    """A neighbour's answer: its newest in-window samples this device has not been sent.
+
+    Reads only ids and times, newest first, and stops at `want`: `recent` may build its items
+    on demand (the cloud keeps up to `core.vectors.KEEP_RECENT` a user as columns).
+    """
     out = []
     for sample in reversed(recent):  # `recent` is oldest first
         if len(out) >= want:

@@ -175,6 +175,12 @@ class SampleSet(Record):
                    [s.item for s in samples], [list(s.tags) for s in samples],
                    [list(s.profile) for s in samples], [s.label for s in samples], seq_from, seq_to)
 
+    def sample_at(self, i: int, user: str) -> Sample:
+        """Sample i alone (what `to_samples` gives at i): a query serves a few of a user's hundreds."""
+        a, b = self.seq_from[i], self.seq_to[i]
+        return Sample(self.ids[i], user, self.ts[i], self.items[i], tuple(self.tags[i]), tuple(self.timeline[a:b]),
+                      tuple(map(tuple, self.timeline_tags[a:b])), tuple(self.profiles[i]), self.labels[i])
+
     def to_samples(self, user: str) -> list[Sample]:
         timeline, tags = tuple(self.timeline), tuple(map(tuple, self.timeline_tags))
         columns = zip(self.ids, self.ts, self.items, self.tags, self.profiles, self.labels, self.seq_from,
