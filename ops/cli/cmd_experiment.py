@@ -6,8 +6,7 @@ import argparse
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,11 @@ SWEEP_SIGMA = (0.05, 0.2, 0.5)
 Phases = dict[str, float]
 
 
-@contextmanager
-def phase(phases: Phases, name: str) -> Iterator[None]:
+def phase(phases: Phases, name: str) -> AbstractContextManager[None]:
     """Add the wall time of the block to `phases[name]` (printed at the end, kept in results.json)."""
-    t0 = time.monotonic()
-    try:
-        yield
-    finally:
-        phases[name] = round(phases.get(name, 0.0) + time.monotonic() - t0, 1)
+    from ops.experiment.runner import timed
+
+    return timed(phases, name, ndigits=1)
 
 
 def _ints(text: str) -> tuple[int, ...]:

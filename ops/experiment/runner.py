@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -248,19 +249,36 @@ async def _live(s: Settings, topics: Any, split: Split, seed: int, pub: Any, pro
 
     t0 = time.monotonic()
     progress = Progress(sum(p.events for p in split.live), f"seed {seed} live", force=bar)
+    # where a live day goes, summed over the days: publishing, the cloud's day, the devices' day
     async with DayBarrier(s, topics, procs) as quiet:
         await pub.past(split.past(s.features))
         for n, plan in enumerate(split.live, 1):
-            await pub.actions(plan)
-            await quiet.wait()  # the cloud has the whole day before anyone pulls
-            await pub.day_end("samples", plan.day)
-            await pub.day_end("actions", plan.day)
-            await quiet.wait()  # pulls answered, filtered, trained: the next day may start
+            with timed(timings, "live_publish_s"):
+                await pub.actions(plan)
+            with timed(timings, "live_cloud_s"):
+                await quiet.wait()  # the cloud has the whole day before anyone pulls
+            with timed(timings, "live_publish_s"):
+                await pub.day_end("samples", plan.day)
+                await pub.day_end("actions", plan.day)
+            with timed(timings, "live_devices_s"):
+                await quiet.wait()  # pulls answered, filtered, trained: the next day may start
             progress.advance(plan.events, f"day {n}/{len(split.live)}")
             if not bar and reports_day(n, len(split.live)):
                 say(f"seed {seed}: live day {n}/{len(split.live)} ({time.monotonic() - t0:.0f} s)")
+        timings["live_barrier_polls"] = quiet.polls
     progress.close()
     timings["live_s"] = time.monotonic() - t0
+
+
+@contextlib.contextmanager
+def timed(phases: dict[str, float], name: str, ndigits: int | None = None) -> Iterator[None]:
+    """Add the block's wall time to `phases[name]` (rounded to `ndigits`, if given, as it adds up)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        total = phases.get(name, 0.0) + time.monotonic() - started
+        phases[name] = total if ndigits is None else round(total, ndigits)
 
 
 async def _read_back(s: Settings, topics: Any, seed: int, model: dict[str, Any],
@@ -293,6 +311,7 @@ class DayBarrier:
         from streams.topicio import LagProbe
 
         self.procs, self.poll_s, self.busy_poll_max_s = procs, poll_s, busy_poll_max_s
+        self.polls = 0  # over the replay: what the waits cost the broker
         self.probe = LagProbe(settings, subscriptions(settings, topics, 1, True))
         self._ends = consumer(settings, enable_auto_commit=False)
         self._parts: list[Any] = []
@@ -334,6 +353,7 @@ class DayBarrier:
         quiet, delay = 0, self.poll_s
         while quiet < stable_polls:
             self.procs.check()
+            self.polls += 1
             behind, progress = await self._poll()
             if progress != last_progress:
                 last_progress, since = progress, time.monotonic()

@@ -40,6 +40,11 @@ async def test_streaming_experiment_agrees_with_the_offline_reference(settings: 
     assert agree["identical_share"] >= 0.9, agree
     assert sum(len(d.kept_ids) for d in run.devices) > 0  # the filter kept something somewhere
     assert sum(len(ids) for ids in offline.kept.values()) == sum(len(d.kept_ids) for d in run.devices)
+    # where the live days went: the phases add up to no more than the live days, each barrier polled
+    t = run.timings
+    phases = t["live_publish_s"] + t["live_cloud_s"] + t["live_devices_s"]
+    assert 0 < t["live_cloud_s"] and 0 < t["live_devices_s"] and phases <= t["live_s"]
+    assert t["live_barrier_polls"] >= 2 * 2 * len(split.live)  # two waits a day, each ≥ 2 quiet polls
 
 
 async def _in_thread(fn, *args):  # type: ignore[no-untyped-def]
