@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,13 +45,22 @@ def test_local_stack_gets_a_random_private_key_per_state_dir(tmp_path: Path) -> 
     assert reproducible.pseudonym_key == DEV_PSEUDONYM_KEY  # experiments: the same arm split everywhere
 
 
+def _identity_once_started(pid: int, timeout_s: float = 10.0) -> list[object]:
+    """The child's identity once it runs its program: between fork and exec its command line reads
+    empty (seen under load), and an identity taken then never matches again (`start_broker` waits too)."""
+    deadline = time.monotonic() + timeout_s
+    while (ident := stack.identity(pid)) is None or not ident[1]:
+        assert time.monotonic() < deadline, f"pid {pid} did not start its program in {timeout_s} s"
+        time.sleep(0.01)
+    return ident
+
+
 def test_a_stale_pid_is_never_signalled(tmp_path: Path) -> None:
     """A recorded pid now running another program (or started at another time) survives `stack down`."""
     settings = Settings(state_dir=tmp_path)
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        recorded = stack.identity(stranger.pid)
-        assert recorded is not None
+        recorded = _identity_once_started(stranger.pid)
         cases = {
             "other command": [recorded[0], ["tansu", "broker"]],
             "other start time": [float(recorded[0]) - 3600, recorded[1]],  # type: ignore[arg-type]
