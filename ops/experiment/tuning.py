@@ -155,7 +155,7 @@ def tune(settings: Settings, split: Split, params: Params, say: Callable[[str], 
 
 def _probe(split: Split, s: Settings, knows: bool | float | None) -> FilterProbe:
     """The variant's probe: it only watches, or (KNOWS_GROUPS) it is the filter, at that AUC."""
-    knowledge = 1.0 if knows is True or not knows else float(knows)
+    knowledge = knows if isinstance(knows, float) else 1.0  # True (or nothing): knows them perfectly
     return FilterProbe(known_groups(split, s), decides=bool(knows), knowledge=knowledge)
 
 

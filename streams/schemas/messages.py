@@ -176,7 +176,10 @@ class SampleSet(Record):
                    [list(s.profile) for s in samples], [s.label for s in samples], seq_from, seq_to)
 
     def sample_at(self, i: int, user: str) -> Sample:
-        """Sample i alone (what `to_samples` gives at i): a query serves a few of a user's hundreds."""
+        """Sample i alone (what `to_samples` gives at i): a query serves a few of a user's hundreds.
+
+        `to_samples` tuples the shared timeline once for every sample; this tuples only sample i's window.
+        """
         a, b = self.seq_from[i], self.seq_to[i]
         return Sample(self.ids[i], user, self.ts[i], self.items[i], tuple(self.tags[i]), tuple(self.timeline[a:b]),
                       tuple(map(tuple, self.timeline_tags[a:b])), tuple(self.profiles[i]), self.labels[i])
