@@ -51,7 +51,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "sasl_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "topic_prefix", "topics_file", "app_id",
         "pseudonym_key", "allow_dev_key", "log_level", "metrics_host", "worker_metrics_port",
         "fleet_metrics_port", "max_envelope_bytes", "max_events_per_envelope", "rebalance_timeout_s",
-        "session_timeout_s", "heartbeat_interval_s", "fetch_max_wait_ms", "take_max", "agent_batch",
+        "session_timeout_s", "heartbeat_interval_s", "commit_interval_s", "fetch_max_wait_ms", "take_max", "agent_batch",
         "table_standby_replicas",
     ),
     "matching": (
@@ -112,6 +112,9 @@ class Settings(BaseModel):
     rebalance_timeout_s: Seconds = field(default=6.0, metadata=_env("rebalance_timeout_s"))
     session_timeout_s: Seconds = field(default=6.0, metadata=_env("session_timeout_s"))
     heartbeat_interval_s: Seconds = field(default=1.0, metadata=_env("heartbeat_interval_s"))
+    # how often a worker commits what its agents finished; anything that waits for a quiet
+    # namespace (an experiment's day barrier) sees the work done only once it is committed
+    commit_interval_s: Seconds = field(default=1.0, metadata=_env("commit_interval_s"))
     # Faust hard-codes a 1.5 s fetch wait; every agent hop of a pull paid it on Tansu
     fetch_max_wait_ms: NonNegative = field(default=20, metadata=_env("fetch_max_wait_ms"))
     take_max: Count = field(default=500, metadata=_env("take_max"))  # records per fleet poll
