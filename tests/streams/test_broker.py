@@ -95,3 +95,14 @@ def test_standby_replicas_reach_the_faust_app(tmp_path) -> None:  # type: ignore
     base = Settings(state_dir=tmp_path, bootstrap="127.0.0.1:9")  # the app only connects when started
     assert create_app(base).conf.table_standby_replicas == 1
     assert create_app(base.replace(table_standby_replicas=0), app_id="coda-nostandby").conf.table_standby_replicas == 0
+
+
+def test_commit_interval_reaches_the_faust_app(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """CODA_COMMIT_INTERVAL_S sets how often a worker commits; experiment namespaces commit every 0.2 s."""
+    from ops.experiment.runner import Params
+
+    base = Settings(state_dir=tmp_path, bootstrap="127.0.0.1:9")
+    assert create_app(base).conf.broker_commit_interval == 1.0
+    scoped = Params(dataset="synthetic").settings_for(base, "commits", 0)
+    assert scoped.commit_interval_s == 0.2
+    assert create_app(scoped, app_id="coda-commits").conf.broker_commit_interval == 0.2
