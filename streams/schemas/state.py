@@ -76,7 +76,11 @@ class MatchCache(Record):
 
 
 class PendingGather(Record):
-    """Assemble agent: one open scatter-gather, the parts answered so far and their samples."""
+    """Assemble agent: one open scatter-gather.
+
+    Its answered parts wait under their own keys (`NeighbourSamples` in the gather-parts table);
+    `got`, `neighbours`, `samples` and `ranks` hold parts only in state written before that.
+    """
 
     KIND: ClassVar[str] = "state.pending"
     request_id: str
@@ -89,7 +93,11 @@ class PendingGather(Record):
 
 
 class DeviceState(Record):
-    """Assemble agent: the device's user, today's quota, sent ids (with ts) and open gathers."""
+    """Assemble agent: the device's user, today's quota, open gathers and the days it was sent samples.
+
+    The sent ids live in the sent table, one key per (device, day) listed in `sent_days`;
+    `sent_ids`/`sent_ts` hold them only in state written before that (read, then emptied).
+    """
 
     KIND: ClassVar[str] = "state.device"
     user: str = ""
@@ -99,6 +107,7 @@ class DeviceState(Record):
     sent_ts: list[int] = field(default_factory=list)
     pending: list[PendingGather] = field(default_factory=list)
     done: list[str] = field(default_factory=list)  # recently answered request ids: a redelivered pull is a no-op
+    sent_days: list[int] = field(default_factory=list)
 
 
 register(HistoryState, UserStateV1, UserState, RecentSamples, IdList, MatchCache, PendingGather, DeviceState)

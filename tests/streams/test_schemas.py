@@ -76,6 +76,13 @@ def test_golden_bytes_v1_stay_decodable() -> None:
     assert s.decode(golden) == s.DayEnd(19_000)
 
 
+def test_device_state_written_before_sent_days_still_decodes() -> None:
+    """Changelog state of an older build (sent ids inline, no `sent_days`) reads with the field empty."""
+    old = msgpack.packb({"k": "state.device", "v": 1, "user": "u", "day": 19_000, "used": 3, "sent_ids": ["s0"],
+                         "sent_ts": [10], "pending": [], "done": ["r0"]})
+    assert s.decode(old) == s.DeviceState("u", 19_000, 3, ["s0"], [10], [], ["r0"], [])
+
+
 def test_sample_payload_round_trip_and_compression() -> None:
     """Down-tunnel payloads round-trip (owner stripped) and compress."""
     rng = random.Random(1)
