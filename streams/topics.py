@@ -78,6 +78,26 @@ def load_topics(path: Path | None = None, prefix: str = "coda") -> Topics:
     return parse_topics(doc, prefix, str(path))
 
 
+def write_flow_partitions(source: Path | None, partitions: int, out: Path) -> Path:
+    """A copy of a topics file whose co-partitioned flow (every topic with `up`'s count) has `partitions`.
+
+    Partitions are the unit of scale-out: a pipeline of one worker and one fleet gains nothing from
+    eight, and pays for them in every fetch (the broker walks each partition a consumer asks for)
+    and every pull (a scatter sends one neighbour query per partition holding neighbours).
+    """
+    if not 1 <= partitions <= 1024:
+        raise TopicsError(f"partitions must be an integer in 1..1024, got {partitions}")
+    flow = load_topics(source)["up"].partitions
+    doc = yaml.safe_load((source if source and str(source) not in ("", ".") else BUNDLED).read_text())
+    for entry in doc["topics"]:
+        if entry["partitions"] == flow:
+            entry["partitions"] = partitions
+    parse_topics(doc, source=str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
 def parse_topics(doc: Any, prefix: str = "coda", source: str = "topics.yaml") -> Topics:
     if not isinstance(doc, dict) or not isinstance(doc.get("topics"), list):
         raise TopicsError(f"{source}: expected a top-level 'topics:' list")

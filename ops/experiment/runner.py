@@ -88,6 +88,10 @@ class Params:
     # a day barrier sees the cloud's day end only once the workers commit it: at the default 1 s a
     # MovieLens live day waited ~0.5 s a barrier for commits alone (idle workers commit nothing)
     commit_interval_s: float = 0.2
+    # partitions of the co-partitioned flow topics in each seed's namespace: a seed runs one worker
+    # and one fleet, so topics.yaml's eight only multiplied what every fetch covers and what every
+    # pull fans out to (a drift seed's worker and broker spent ~26 % more CPU); results are the same
+    partitions: int = 2
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -205,9 +209,10 @@ async def run_seed(root: Settings, split: Split, params: Params, seed: int, name
     from ops.replay.publish import Publisher
     from ops.stack.pipeline import Processes
     from streams.kafka import bootstrap_servers, ensure_topics
-    from streams.topics import load_topics
+    from streams.topics import load_topics, write_flow_partitions
 
     s = params.settings_for(root, namespace, seed).replace(bootstrap=bootstrap_servers(root))
+    s = s.replace(topics_file=write_flow_partitions(s.topics_file, params.partitions, s.state_dir / "topics.yaml"))
     topics = load_topics(s.topics_file, s.topic_prefix)
     await ensure_topics(s, topics)
     procs = Processes(s)

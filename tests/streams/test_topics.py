@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from streams import schemas
-from streams.topics import BUNDLED, TopicsError, load_topics, parse_topics
+from streams.topics import BUNDLED, TopicsError, load_topics, parse_topics, write_flow_partitions
 
 
 def test_bundled_topics_declare_the_whole_flow() -> None:
@@ -64,3 +64,28 @@ def test_retention_parses() -> None:
     topics = load_topics()
     assert topics["up"].retention_ms == 7 * 86_400_000
     assert topics["models"].retention_ms == -1
+
+
+def test_flow_partitions_change_the_co_partitioned_topics_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bundled = load_topics()
+    out = write_flow_partitions(None, 2, tmp_path / "topics.yaml")
+    narrowed = load_topics(out)
+    flow = bundled["up"].partitions
+    for spec in bundled:
+        assert narrowed[spec.name].partitions == (2 if spec.partitions == flow else spec.partitions), spec.name
+    assert narrowed["models"].partitions == bundled["models"].partitions == 1
+    with pytest.raises(TopicsError, match="1..1024"):
+        write_flow_partitions(None, 0, tmp_path / "zero.yaml")
+
+
+def test_the_app_and_its_tables_take_the_flow_partitions_from_the_topics_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from agents.context import CloudContext
+    from streams.app import create_app
+    from streams.settings import Settings
+
+    settings = Settings(state_dir=tmp_path, bootstrap="127.0.0.1:9",
+                        topics_file=write_flow_partitions(None, 3, tmp_path / "topics.yaml"))
+    topics = load_topics(settings.topics_file, settings.topic_prefix)
+    app = create_app(settings, topics)
+    assert app.conf.topic_partitions == 3
+    assert CloudContext(settings, topics, app).table("devices").partitions == 3
