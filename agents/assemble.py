@@ -80,21 +80,20 @@ def on_answer(answer: NeighbourSamples, partition: int, tables: AssembleState, s
     plan = Plan()
     state = tables.devices.get(answer.device.encode())
     pending = next((p for p in state.pending if p.request_id == answer.request_id), None) if state else None
-    if state is None or pending is None or answer.part in answered_parts(answer, pending, tables):
+    stored = stored_parts(answer, tables) if pending is not None else {}
+    if state is None or pending is None or answer.part in stored or answer.part in pending.got:
         plan.count("stale_answers")  # redelivered or unknown request
         return plan
-    stored = [part for p in range(answer.parts) if p != answer.part and p not in pending.got
-              and (part := tables.parts.get(part_key(answer.device, answer.request_id, p))) is not None]
     if len(pending.got) + len(stored) + 1 < answer.parts:
         plan.put(tables.parts, partition, part_key(answer.device, answer.request_id, answer.part), answer)
         return plan
-    return deliver(answer.device, state, gathered(pending, [*stored, answer]), partition, tables, settings)
+    return deliver(answer.device, state, gathered(pending, [*stored.values(), answer]), partition, tables, settings)
 
 
-def answered_parts(answer: NeighbourSamples, pending: PendingGather, tables: AssembleState) -> set[int]:
-    """Parts of this request already in: stored under their keys (or, from older state, in `pending`)."""
-    stored = {p for p in range(answer.parts) if tables.parts.get(part_key(answer.device, answer.request_id, p))}
-    return stored | set(pending.got)
+def stored_parts(answer: NeighbourSamples, tables: AssembleState) -> dict[int, NeighbourSamples]:
+    """Parts of this request already in, under their own keys (older state holds them in `pending.got`)."""
+    keys = {p: part_key(answer.device, answer.request_id, p) for p in range(answer.parts)}
+    return {p: part for p, key in keys.items() if (part := tables.parts.get(key)) is not None}
 
 
 def gathered(pending: PendingGather, answers: list[NeighbourSamples]) -> PendingGather:

@@ -70,12 +70,19 @@ class Topics:
 
 
 def load_topics(path: Path | None = None, prefix: str = "coda") -> Topics:
-    path = path if path and str(path) not in ("", ".") else BUNDLED
+    path = _resolved(path)
+    return parse_topics(_read(path), prefix, str(path))
+
+
+def _resolved(path: Path | None) -> Path:
+    return path if path and str(path) not in ("", ".") else BUNDLED
+
+
+def _read(path: Path) -> Any:
     try:
-        doc = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise TopicsError(f"{path}: cannot read: {exc}") from None
-    return parse_topics(doc, prefix, str(path))
 
 
 def write_flow_partitions(source: Path | None, partitions: int, out: Path) -> Path:
@@ -87,8 +94,9 @@ def write_flow_partitions(source: Path | None, partitions: int, out: Path) -> Pa
     """
     if not 1 <= partitions <= 1024:
         raise TopicsError(f"partitions must be an integer in 1..1024, got {partitions}")
-    flow = load_topics(source)["up"].partitions
-    doc = yaml.safe_load((source if source and str(source) not in ("", ".") else BUNDLED).read_text())
+    path = _resolved(source)
+    doc = _read(path)
+    flow = parse_topics(doc, source=str(path))["up"].partitions
     for entry in doc["topics"]:
         if entry["partitions"] == flow:
             entry["partitions"] = partitions
