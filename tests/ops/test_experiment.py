@@ -13,6 +13,14 @@ SMALL = Params(dataset="synthetic", seeds=(1,), k=10, users=36, history_share=0.
                                         "events_per_user": (10, 30), "days": 6})
 
 
+def test_experiment_fleets_handle_one_device_at_a_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A seed's fleet process gets CODA_FLEET_CONCURRENCY=1 (its pipelines share the cores); the default stays 4."""
+    base = Settings(state_dir=tmp_path, bootstrap="127.0.0.1:9")
+    scoped = Params(dataset="synthetic").settings_for(base, "concurrency", 0)
+    assert (base.fleet_concurrency, scoped.fleet_concurrency) == (4, 1)
+    assert scoped.to_env()["CODA_FLEET_CONCURRENCY"] == "1"  # what Processes.spawn hands the fleet
+
+
 async def test_streaming_experiment_agrees_with_the_offline_reference(settings: Settings) -> None:
     """Same split, seed and exact KNN: every arm's evaluations agree between the stream and the batch reference.
 
