@@ -126,7 +126,7 @@ class CloudContext:
 
     def table(self, name: str) -> faust.Table:
         """A changelogged table of schema records, co-partitioned with the flow's topics."""
-        table = self.app.Table(name, default=None, partitions=self.topics["up"].partitions)
+        table = self.app.Table(name, default=None, partitions=self.topics.flow_partitions)
         # Faust derives serializers from model types (json otherwise); set them before the
         # changelog topic is first created so changelog and recovery use our codec.
         table.key_serializer, table.value_serializer = "raw", "coda"

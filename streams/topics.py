@@ -65,6 +65,11 @@ class Topics:
     def name(self, name: str) -> str:
         return self[name].full_name(self.prefix)
 
+    @property
+    def flow_partitions(self) -> int:
+        """Partitions of the co-partitioned flow (`up`'s count): the Faust app and its tables take it too."""
+        return self["up"].partitions
+
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.specs)
 
@@ -96,7 +101,7 @@ def write_flow_partitions(source: Path | None, partitions: int, out: Path) -> Pa
         raise TopicsError(f"partitions must be an integer in 1..1024, got {partitions}")
     path = _resolved(source)
     doc = _read(path)
-    flow = parse_topics(doc, source=str(path))["up"].partitions
+    flow = parse_topics(doc, source=str(path)).flow_partitions
     for entry in doc["topics"]:
         if entry["partitions"] == flow:
             entry["partitions"] = partitions
