@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from streams.app import create_app
 from streams.kafka import committed_offsets, consumer
 from streams.logs import logging_config
 from streams.metrics import Metrics, consumer_lag, metrics_port
+from streams.process import tune_gc
 from streams.schemas import SchemaError, UserVector, decode
 from streams.settings import Settings
 from streams.topics import Topics, load_topics
@@ -163,19 +163,6 @@ def reset_local_index(ctx: CloudContext) -> None:
     for path in local_index_dirs(ctx.index_home):
         shutil.rmtree(path, ignore_errors=True)
     ctx.index = open_index(ctx.settings.index_url, ctx.settings.tag_buckets, ctx.index_home)
-
-
-def tune_gc() -> None:
-    """Run the cyclic collector far less often than Python's default (every 700 allocations).
-
-    Each message allocates thousands of short-lived lists (msgpack, records), so the default
-    collected every few messages, and the older generations rescanned every table row: the
-    collector was most of msgpack's decode time (SampleBatch decode 45 -> 28 us per sample).
-    Freezing moves the objects of imports and start-up out of every later scan.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 def run_worker(settings: Settings, worker_id: str) -> None:

@@ -89,11 +89,12 @@ def breakdown(plain: dict[str, Any], profiled: dict[str, Any]) -> dict[str, Any]
 
 
 async def _run(base: Settings, scratch: Path, users: int, days: int, name: str, profile: bool) -> dict[str, Any]:
-    from agents.worker import build_worker, tune_gc
+    from agents.worker import build_worker
     from ops.datasets import load_dataset
     from ops.replay.publish import DayPlan, plan_days
     from ops.stack.namespace import in_namespace
     from streams.kafka import ensure_topics
+    from streams.process import tune_gc
 
     s = in_namespace(base.replace(state_dir=scratch), f"stages-{int(time.time())}-{name}")
     plans = plan_days(load_dataset("synthetic", n_users=users, days=days, events_per_user=(20, 40), seed=1).events)

@@ -11,6 +11,7 @@ import socket
 import sys
 
 from device.fleet import Fleet
+from streams.process import tune_gc
 from streams.settings import Settings
 
 PROGRESS_EVERY_S = 5.0
@@ -57,6 +58,7 @@ async def _main(settings: Settings, fleet_id: str, quiet: bool) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await fleet.start()
+    tune_gc()  # after start: the runtime's torch and initial model are frozen with the imports
     print(f"fleet {fleet_id}: group {fleet.group}, stats in {settings.state_dir / 'fleets'}", file=sys.stderr)
     try:
         while not stop.is_set():
