@@ -71,16 +71,22 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 @dataclass
 class Usage:
-    """RSS and CPU seconds of some processes and their children, sampled over a run."""
+    """RSS and CPU seconds of some processes and their children, sampled over a run.
+
+    The listed processes' main threads are counted apart as well: in a fleet or the plain loop
+    that is the event loop (decoding, bookkeeping, torch jobs), the rest their SQLite threads.
+    """
 
     procs: list[psutil.Process]
     rss0: int = 0
     peak: int = 0
     cpu0: float = 0.0
+    main0: float = 0.0
 
     def start(self) -> None:
         self.rss0 = self.peak = self.rss()
         self.cpu0 = self.cpu()
+        self.main0 = self.main_thread_cpu()
 
     def tree(self) -> list[psutil.Process]:
         out: dict[int, psutil.Process] = {}  # by pid: a child of one listed process may be listed too
@@ -97,14 +103,23 @@ class Usage:
     def cpu(self) -> float:
         return sum(_safe(lambda q=q: sum(q.cpu_times()[:2])) for q in self.tree())
 
+    def main_thread_cpu(self) -> float:
+        return sum(_safe(lambda p=p: _main_thread_cpu(p)) for p in self.procs)
+
     def sample(self) -> None:
         self.peak = max(self.peak, self.rss())
 
     def report(self, devices: int, seconds: float) -> dict[str, Any]:
         return {"devices_timed": devices, "devices_per_s": devices / seconds, "seconds": seconds,
                 "cpu_s_per_device": (self.cpu() - self.cpu0) / devices,
+                "main_thread_cpu_s_per_device": (self.main_thread_cpu() - self.main0) / devices,
                 "rss_mb_before": self.rss0 / 2**20, "rss_mb_peak": self.peak / 2**20,
                 "mb_per_device": (self.peak - self.rss0) / 2**20 / devices}
+
+
+def _main_thread_cpu(p: psutil.Process) -> float:
+    """User + system seconds of the process's main thread (its thread id is its pid)."""
+    return next((t.user_time + t.system_time for t in p.threads() if t.id == p.pid), 0.0)
 
 
 def _safe(read: Any) -> float:

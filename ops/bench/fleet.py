@@ -100,7 +100,8 @@ def _sizes_markdown(runs: list[dict[str, Any]], flower_cap: float) -> str:
     for r in runs:
         for name, m in r["ways"].items():
             rows.append([r["devices"], name, m.get("devices_timed", ""), m.get("devices_per_s", m.get("skipped", "")),
-                         m.get("cpu_s_per_device", ""), m.get("mb_per_device", ""), m.get("seconds", ""),
+                         m.get("cpu_s_per_device", ""), m.get("main_thread_cpu_s_per_device", ""),
+                         m.get("databases_opened_per_device", ""), m.get("mb_per_device", ""), m.get("seconds", ""),
                          m.get("round", "")])
     md = ("# bench fleet\n\nThe same per-device daily job (20 events reported, then "
           f"{BATCHES} matched batches of {BATCH_SAMPLES} → Algorithm 2 → Algorithm 3) for N devices, three ways "
@@ -109,8 +110,8 @@ def _sizes_markdown(runs: list[dict[str, Any]], flower_cap: float) -> str:
           f"`flwr[simulation]` is installed. The plain loop runs the first {PLAIN_SAMPLE} devices; Flower "
           f"one round of all N clients, timed to completion or stopped at {flower_cap:.0f} s "
           "(`timed`: devices finished).\n\n")
-    md += table(["devices", "way", "timed", "devices/s", "CPU s/device", "MB per device", "seconds", "round"],
-                rows) + "\n\n"
+    md += table(["devices", "way", "timed", "devices/s", "CPU s/device", "of it, main thread",
+                 "databases opened/device", "MB per device", "seconds", "round"], rows) + "\n\n"
     ratios = [[r["devices"], r["fleet_over_plain_loop"], r["fleet_cpu_over_plain_loop"], r["fleet_over_flower"] or "—"]
               for r in runs]
     md += table(["devices", "fleet / plain loop (devices/s)", "fleet / plain loop (CPU s a device)",
@@ -233,6 +234,9 @@ async def _fleet(base: Settings, state: Path, devices: DevicesJob, payloads: lis
         end = max(_fleet_stats(s, i).get("last_processed_at", 0.0) for i in range(processes))
         report = usage.report(len(devices), end - start)
         members = [{k: _fleet_stats(s, i).get(k) for k in ("partitions", "devices_hosted")} for i in range(processes)]
+        # a pool smaller than the devices closes a database between a device's actions and its batches
+        opened = sum(_fleet_stats(s, i).get("pool", {}).get("opened", 0) for i in range(processes))
+        report["databases_opened_per_device"] = opened / len(devices)
         if then is not None:
             report["then"] = await then(s, topics, procs)
     finally:
@@ -297,6 +301,7 @@ async def _plain_loop(s: Settings, devices: DevicesJob, payloads: list[bytes]) -
     seconds = time.monotonic() - start
     usage.sample()
     report = usage.report(len(devices), seconds)
+    report["databases_opened_per_device"] = runtime.pool.stats.opened / len(devices)
     await runtime.close()
     return report
 

@@ -94,6 +94,8 @@ def test_bench_scale_quick(settings: Settings, tmp_path: Path) -> None:
         assert f["processes"] == int(n) and sum(f["devices_by_member"]) == fleets["devices"]
         assert sorted(p for member in f["partitions_by_member"] for p in member) == list(range(8))
         assert f["cpu_ms_per_device"] > 0 and f["cpu_efficiency"] > 0
+        assert 0 < f["main_thread_cpu_s_per_device"] <= f["cpu_s_per_device"]  # the event loop's share
+        assert f["databases_opened_per_device"] >= 1  # every device's database opened at least once
     for group in (cloud, fleets):
         for change in ("join", "leave"):
             pause = group["rebalance"][change]
