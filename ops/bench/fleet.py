@@ -230,12 +230,13 @@ async def _fleet(base: Settings, state: Path, devices: DevicesJob, payloads: lis
             procs.check()
             usage.sample()
             await asyncio.sleep(0.3)
+        stats = [_fleet_stats(s, i) for i in range(processes)]
         # the stats file is written every few seconds: the fleet's own clock says when it finished
-        end = max(_fleet_stats(s, i).get("last_processed_at", 0.0) for i in range(processes))
+        end = max(st.get("last_processed_at", 0.0) for st in stats)
         report = usage.report(len(devices), end - start)
-        members = [{k: _fleet_stats(s, i).get(k) for k in ("partitions", "devices_hosted")} for i in range(processes)]
+        members = [{k: st.get(k) for k in ("partitions", "devices_hosted")} for st in stats]
         # a pool smaller than the devices closes a database between a device's actions and its batches
-        opened = sum(_fleet_stats(s, i).get("pool", {}).get("opened", 0) for i in range(processes))
+        opened = sum(st.get("pool", {}).get("opened", 0) for st in stats)
         report["databases_opened_per_device"] = opened / len(devices)
         if then is not None:
             report["then"] = await then(s, topics, procs)
