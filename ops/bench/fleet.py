@@ -10,12 +10,16 @@ seconds per device (steadier than wall time on a shared machine) and memory.
   message the fleet processed.
 - plain loop: `_device_day` called device after device in this process: no broker, no
   fleet — the hardware ceiling of one core.
+- plain loop in the fleet's order: the same handlers called directly in the order and with
+  the concurrency a fleet gets the work (every device's actions, then every device's batches):
+  the fleet against it is the broker's hops and the fleet's dispatch alone.
 - Flower: its simulation engine (`flwr[simulation]`, Ray backend) with N virtual clients
   (supernodes), each client running `_device_day` for its own device, in a child process
   (Ray's processes and Flower's telemetry setting stay out of this one).
 
-The plain loop is timed on a fixed sample of the N devices when N is large: its cost is one
-device after another, so a sample measures it. Flower is timed on a full N-client round, as
+The plain loops are timed on a fixed sample of the N devices when N is large: their cost is
+per device, so a sample measures it (in the fleet's order the sample still outnumbers the
+database pool, as N does). Flower is timed on a full N-client round, as
 the fleet runs all N: its cost per client grows with the messages in flight (its in-memory
 link state scans every stored message for every node on each delivery pass), so a round of a
 few clients among N would flatter it. The round is timed to completion, as the fleet's cycle
@@ -62,7 +66,7 @@ def say(msg: str) -> None:
 
 def run(out: Path, quick: bool, settings: Settings, fleets: tuple[int, ...] = (1,),
         large: bool = False, large_only: bool = False) -> dict[str, Any]:
-    """Each size three ways; `large` adds a daily cycle of `LARGE_SIZE` devices, `large_only` runs that
+    """Each size four ways; `large` adds a daily cycle of `LARGE_SIZE` devices, `large_only` runs that
     cycle alone; the fleet ways and the cycle run `fleets[0]` fleet processes in one consumer group."""
     sizes = () if large_only else QUICK_SIZES if quick else SIZES
     large = large or large_only
@@ -104,18 +108,20 @@ def _sizes_markdown(runs: list[dict[str, Any]], flower_cap: float) -> str:
                          m.get("databases_opened_per_device", ""), m.get("mb_per_device", ""), m.get("seconds", ""),
                          m.get("round", "")])
     md = ("# bench fleet\n\nThe same per-device daily job (20 events reported, then "
-          f"{BATCHES} matched batches of {BATCH_SAMPLES} → Algorithm 2 → Algorithm 3) for N devices, three ways "
+          f"{BATCHES} matched batches of {BATCH_SAMPLES} → Algorithm 2 → Algorithm 3) for N devices, four ways "
           "in one run: our fleet process through the real broker; a plain single-process loop over the same "
-          "Device code (the hardware ceiling); Flower's simulation engine (Ray backend, N supernodes) when "
-          f"`flwr[simulation]` is installed. The plain loop runs the first {PLAIN_SAMPLE} devices; Flower "
+          "Device code (the hardware ceiling), also in the fleet's order (every device's actions, then every "
+          "device's batches, as many devices at once as the fleet); Flower's simulation engine (Ray backend, N supernodes) when "
+          f"`flwr[simulation]` is installed. The plain loops run the first {PLAIN_SAMPLE} devices; Flower "
           f"one round of all N clients, timed to completion or stopped at {flower_cap:.0f} s "
           "(`timed`: devices finished).\n\n")
     md += table(["devices", "way", "timed", "devices/s", "CPU s/device", "of it, main thread",
                  "databases opened/device", "MB per device", "seconds", "round"], rows) + "\n\n"
-    ratios = [[r["devices"], r["fleet_over_plain_loop"], r["fleet_cpu_over_plain_loop"], r["fleet_over_flower"] or "—"]
-              for r in runs]
+    ratios = [[r["devices"], r["fleet_over_plain_loop"], r["fleet_cpu_over_plain_loop"],
+               r["fleet_cpu_over_fleet_order_loop"], r["fleet_over_flower"] or "—"] for r in runs]
     md += table(["devices", "fleet / plain loop (devices/s)", "fleet / plain loop (CPU s a device)",
-                 "fleet / Flower (devices/s)"], ratios) + "\n"
+                 "fleet / plain loop in the fleet's order (CPU s a device)", "fleet / Flower (devices/s)"],
+                ratios) + "\n"
     return md
 
 
@@ -142,15 +148,27 @@ def _job(settings: Settings, n: int) -> tuple[DevicesJob, list[bytes]]:
 
 async def _device_day(runtime: Any, device_id: str, events: list[Any], payloads: list[bytes]) -> None:
     """One device's daily job through the `Device` handlers, as the fleet runs them."""
+    device = await _report_day(runtime, device_id, events)
+    await _take_batches(device, events, payloads)
+
+
+async def _report_day(runtime: Any, device_id: str, events: list[Any]) -> Any:
+    """The day's events reported: local samples, the envelope, the pull request."""
     from core.privacy import device_pseudonym
     from device.device import Device
-    from streams.schemas import DeviceActions, DownBatch, DownNotice
+    from streams.schemas import DeviceActions
 
-    s = runtime.settings
-    device = Device(runtime, device_pseudonym(s.pseudonym_key, device_id), device_id)
+    device = Device(runtime, device_pseudonym(runtime.settings.pseudonym_key, device_id), device_id)
+    await device.on_actions(DeviceActions(device_id, events, events[0].ts // DAY))
+    return device
+
+
+async def _take_batches(device: Any, events: list[Any], payloads: list[bytes]) -> None:
+    """The cloud's answer to the day's pull: the matched batches, then the quota notice."""
+    from streams.schemas import DownBatch, DownNotice
+
     day = events[0].ts // DAY
-    await device.on_actions(DeviceActions(device_id, events, day))
-    request = (await device.state()).request or f"plain-{device_id}"
+    request = (await device.state()).request or f"plain-{device.device_id}"
     for b, payload in enumerate(payloads):
         await device.on_batch(DownBatch(device.pseudonym, f"{request}-{b}", request, day, BATCH_SAMPLES, payload,
                                         of=len(payloads)))
@@ -163,18 +181,20 @@ async def _one(base: Settings, scratch: Path, n: int, fleets: tuple[int, ...], f
     for f in fleets:
         ways[f"fleet-x{f}"] = await _fleet(base, scratch / f"fleet{f}", devices, payloads, f)
         say(f"{n} devices, {f} fleet process(es): {ways[f'fleet-x{f}']['devices_per_s']:.1f} devices/s")
-    ways["plain-loop"] = await _plain_loop(base.replace(state_dir=scratch / "plain"), devices[:PLAIN_SAMPLE], payloads)
-    say(f"{n} devices, plain loop ({ways['plain-loop']['devices_timed']} timed): "
-        f"{ways['plain-loop']['devices_per_s']:.1f} devices/s")
+    for way, fleet_order in (("plain-loop", False), ("plain-loop-fleet-order", True)):
+        ways[way] = await _plain_loop(base.replace(state_dir=scratch / way), devices[:PLAIN_SAMPLE], payloads,
+                                      fleet_order)
+        say(f"{n} devices, {way} ({ways[way]['devices_timed']} timed): {ways[way]['devices_per_s']:.1f} devices/s")
     ways["flower"] = _flower(base.replace(state_dir=scratch / "flower"), devices, payloads, flower_cap,
                              actors=fleets[0])
     say(f"{n} devices, Flower: {ways['flower'].get('devices_per_s', ways['flower'].get('skipped'))}")
     fleet = ways[f"fleet-x{fleets[0]}"]["devices_per_s"]
     flower = ways["flower"].get("devices_per_s")
-    cpu = ways[f"fleet-x{fleets[0]}"]["cpu_s_per_device"] / ways["plain-loop"]["cpu_s_per_device"]
+    cpu = ways[f"fleet-x{fleets[0]}"]["cpu_s_per_device"]
     return {"devices": n, "ways": ways,
             "fleet_over_plain_loop": fleet / ways["plain-loop"]["devices_per_s"],
-            "fleet_cpu_over_plain_loop": cpu,
+            "fleet_cpu_over_plain_loop": cpu / ways["plain-loop"]["cpu_s_per_device"],
+            "fleet_cpu_over_fleet_order_loop": cpu / ways["plain-loop-fleet-order"]["cpu_s_per_device"],
             "fleet_over_flower": fleet / flower if flower else None}
 
 
@@ -285,8 +305,16 @@ def _fleet_counts(s: Settings, fleet_id: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- plain loop
-async def _plain_loop(s: Settings, devices: DevicesJob, payloads: list[bytes]) -> dict[str, Any]:
-    """The same Device code called directly, one device after another: no broker, no fleet."""
+async def _plain_loop(s: Settings, devices: DevicesJob, payloads: list[bytes],
+                      fleet_order: bool = False) -> dict[str, Any]:
+    """The same Device code called directly: no broker, no fleet.
+
+    One device's whole day after another (the ceiling), or, with `fleet_order`, in the order and
+    concurrency a fleet receives the work: every device's actions, then every device's batches,
+    `fleet_concurrency` devices at once. The fleet against this second way is the broker's hops
+    and the fleet's dispatch alone; against the first it also pays for its order — a pool smaller
+    than the devices closes each database between its actions and its batches.
+    """
     from device.initialmodel import fresh_initial
     from device.runtime import Runtime
     from device.torchconfig import configure_torch
@@ -297,14 +325,29 @@ async def _plain_loop(s: Settings, devices: DevicesJob, payloads: list[bytes]) -
     usage = Usage([psutil.Process()])
     usage.start()
     start = time.monotonic()
-    for device_id, events in devices:
-        await _device_day(runtime, device_id, events, payloads)
+    if fleet_order:
+        await _in_fleet_order(runtime, devices, payloads)
+    else:
+        for device_id, events in devices:
+            await _device_day(runtime, device_id, events, payloads)
     seconds = time.monotonic() - start
     usage.sample()
     report = usage.report(len(devices), seconds)
     report["databases_opened_per_device"] = runtime.pool.stats.opened / len(devices)
     await runtime.close()
     return report
+
+
+async def _in_fleet_order(runtime: Any, devices: DevicesJob, payloads: list[bytes]) -> None:
+    in_flight = asyncio.Semaphore(runtime.settings.fleet_concurrency)
+
+    async def limited(job: Any) -> Any:
+        async with in_flight:
+            return await job
+
+    reported = await asyncio.gather(*(limited(_report_day(runtime, d, events)) for d, events in devices))
+    await asyncio.gather(*(limited(_take_batches(device, events, payloads))
+                           for device, (_, events) in zip(reported, devices, strict=True)))
 
 
 # --------------------------------------------------------------------------- Flower

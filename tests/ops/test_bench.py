@@ -142,6 +142,38 @@ def test_fleet_report_of_the_large_cycle_alone() -> None:
     assert "10,000 devices in 2 fleet processes: 512 s" in fleet._markdown([], {**cycle, "processes": 2}, 600.0)
 
 
+def test_plain_loop_in_the_fleet_order_reopens_each_database_and_ends_with_the_same_devices(tmp_path: Path) -> None:
+    """The fleet's order — every device's actions, then every device's batches — with a pool smaller
+    than the devices opens each database twice, as a fleet does; the ceiling loop opens each once.
+    The order changes the cost, not the outcome: every device ends with the same rows."""
+    import asyncio
+    import sqlite3
+
+    from ops.bench import fleet
+
+    s = Settings(open_databases=2, fleet_concurrency=3)
+    devices, payloads = fleet._job(s, 6)
+    ceiling = asyncio.run(fleet._plain_loop(s.replace(state_dir=tmp_path / "ceiling"), devices, payloads))
+    ordered = asyncio.run(fleet._plain_loop(s.replace(state_dir=tmp_path / "ordered"), devices, payloads,
+                                            fleet_order=True))
+    assert ceiling["devices_timed"] == ordered["devices_timed"] == 6
+    assert ceiling["databases_opened_per_device"] == 1 and ordered["databases_opened_per_device"] == 2
+
+    def rows(root: Path) -> dict[str, tuple[float, ...]]:
+        found = {}
+        for db in sorted(root.glob("devices/*/*/device.db")):
+            with sqlite3.connect(db) as conn:
+                found[db.parent.name] = tuple(
+                    conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                    for table in ("local_samples", "outside_samples", "evaluations", "batches")
+                ) + (conn.execute("SELECT round(sum(score), 6) FROM evaluations").fetchone()[0],)
+        return found
+
+    ends = rows(tmp_path / "ceiling")
+    assert len(ends) == 6 and all(n[0] and n[2] and n[3] for n in ends.values())
+    assert rows(tmp_path / "ordered") == ends
+
+
 @pytest.mark.parametrize(("suite", "processes", "refusal"), [("stages", 2, "fleet option"), ("fleet", 0, "at least 1")])
 def test_fleet_processes_are_refused_outside_the_fleet_suite_or_below_one(
         tmp_path: Path, suite: str, processes: int, refusal: str) -> None:
