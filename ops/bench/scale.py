@@ -102,13 +102,16 @@ def balance(shares: Sequence[float]) -> float | None:
     return max(shares) / mean if mean else None
 
 
-def pause(probes: Sequence[tuple[float, float | None]], at: float, until: float) -> dict[str, Any]:
-    """Worst probe latency sent in [at, until) minus the median latency of those sent before `at`.
+def pause(probes: Sequence[tuple[float, float | None]], at: float, until: float,
+          steady_until: float | None = None) -> dict[str, Any]:
+    """Worst probe latency sent in [at, until) minus the median latency of those sent before
+    `steady_until` (default `at`): the undisturbed state, not a previous change's backlog.
 
     `probes`: (sent, latency or None when never answered). An unanswered probe counts as
     answered at `until`.
     """
-    before = [lat for sent, lat in probes if sent < at and lat is not None]
+    steady_until = at if steady_until is None else steady_until
+    before = [lat for sent, lat in probes if sent < steady_until and lat is not None]
     after = [lat if lat is not None else until - sent for sent, lat in probes if at <= sent < until]
     base = statistics.median(before) if before else 0.0
     worst = max(after) if after else 0.0
@@ -170,8 +173,11 @@ async def _probe_through(procs: Any, probe: Any, sizes: Sizes, spawn: Any, holds
 def _pauses(sent: dict[str, float], answered: dict[str, float], marks: dict[str, float], sizes: Sizes,
             probe: str) -> dict[str, Any]:
     probes = [(t, answered[k] - t if k in answered else None) for k, t in sent.items()]
+    # the leave is measured against the state before the join too: the probes between the two still
+    # carry the join's backlog, and their median would hide part of the leave's pause
     return {"join": {**pause(probes, marks["join"], marks["leave"]), "settled_s": marks["joined"] - marks["join"]},
-            "leave": {**pause(probes, marks["leave"], marks["end"]), "settled_s": marks["left"] - marks["leave"]},
+            "leave": {**pause(probes, marks["leave"], marks["end"], steady_until=marks["join"]),
+                      "settled_s": marks["left"] - marks["leave"]},
             "probe_rate_per_s": sizes.probe_rate, "probe": probe}
 
 

@@ -73,6 +73,9 @@ def test_pause_is_worst_latency_after_the_change_over_the_median_before() -> Non
     assert p["worst_latency_s"] == pytest.approx(2.5)
     assert p["pause_s"] == pytest.approx(2.4)
     assert p["unanswered"] == 1 and p["probes"] == 3
+    # a second change is judged against the steady state before the first, not the first's backlog
+    later = scale.pause(probes, at=4.0, until=5.0, steady_until=2.0)
+    assert later["baseline_p50_s"] == pytest.approx(0.1) and later["pause_s"] == pytest.approx(0.9)
     assert scale.balance([10, 10]) == 1.0 and scale.balance([15, 5]) == 1.5 and scale.balance([]) is None
 
 
