@@ -121,9 +121,10 @@ class Settings(BaseModel):
     # the ingest and user-vector agents fold each event with those already waiting behind
     # it, up to agent_batch at once; 1: one at a time (see CloudContext.batches)
     agent_batch: Count = field(default=500, metadata=_env("agent_batch"))
-    # Faust's default: each table partition also kept warm on one other worker, so a partition that
-    # moves is served without re-reading its changelog; 0 saves that replay's CPU on every record
-    table_standby_replicas: NonNegative = field(default=1, metadata=_env("table_standby_replicas"))
+    # 0, not Faust's 1: with the memory store a standby's copy is never used — a partition promoted
+    # to active is re-read from its changelog's start (the store keeps no offset) — so a standby only
+    # replays every changelog record on another worker (docs/scaling.md); with RocksDB, set 1
+    table_standby_replicas: NonNegative = field(default=0, metadata=_env("table_standby_replicas"))
     # --- matching (paper section 4.2): features, the user vector, the index and the batches -----------
     index_url: str = field(default="edge://", metadata=_env("index_url"))
     item_buckets: Count = field(default=4096, metadata=_env("item_buckets"))

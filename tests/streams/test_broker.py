@@ -90,11 +90,21 @@ async def test_faust_agent_consumes_and_produces(settings: Settings) -> None:
     assert letters.counts == {"bad_msgpack": 1}
 
 
-def test_standby_replicas_reach_the_faust_app(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """CODA_TABLE_STANDBY_REPLICAS sets Faust's standby table replicas; the default stays Faust's 1."""
+def test_standby_replicas_default_to_none_as_the_memory_store_keeps_no_offset(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """CODA_TABLE_STANDBY_REPLICAS reaches Faust; the default is 0 because a standby's copy is never used.
+
+    A partition promoted to active starts recovery from its store's persisted offset; the memory
+    store has none, so Faust re-reads the changelog from the start, standby or not. If a Faust
+    release gives the memory store an offset, this fails and the default deserves another look.
+    """
+    from faust.types import TP
+
     base = Settings(state_dir=tmp_path, bootstrap="127.0.0.1:9")  # the app only connects when started
-    assert create_app(base).conf.table_standby_replicas == 1
-    assert create_app(base.replace(table_standby_replicas=0), app_id="coda-nostandby").conf.table_standby_replicas == 0
+    app = create_app(base)
+    assert app.conf.table_standby_replicas == 0
+    assert create_app(base.replace(table_standby_replicas=1), app_id="coda-standby").conf.table_standby_replicas == 1
+    table = app.Table("probe", default=int)
+    assert table.persisted_offset(TP(table.changelog_topic.get_topic_name(), 0)) is None
 
 
 def test_commit_interval_reaches_the_faust_app(tmp_path) -> None:  # type: ignore[no-untyped-def]
