@@ -339,6 +339,7 @@ async def _plain_loop(s: Settings, devices: DevicesJob, payloads: list[bytes],
 
 
 async def _in_fleet_order(runtime: Any, devices: DevicesJob, payloads: list[bytes]) -> None:
+    """Every device's report, then every device's batches, `fleet_concurrency` devices at once."""
     in_flight = asyncio.Semaphore(runtime.settings.fleet_concurrency)
 
     async def limited(job: Any) -> Any:
